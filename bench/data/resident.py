@@ -1,0 +1,129 @@
+"""Small datasets held whole on the training device as uint8, batched and augmented there (airbench style).
+
+The benchmark then times the optimizer, not a CPU loader: per step there is one gather, one
+crop/flip gather and one normalisation, all on the device, and no host synchronisation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from bench.data.augment import Normalize, crop_flip
+from bench.data.base import LoaderOptions
+from bench.data.sampling import epoch_generator, shard, steps_per_epoch
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Training augmentation: random crop after `pad` zero pixels, plus a horizontal flip if `flip`."""
+
+    pad: int = 4
+    flip: bool = True
+
+
+@dataclass
+class ResidentData:
+    """A dataset living on `opts.device`; implements `bench.data.base.Data`."""
+
+    name: str
+    train_images: torch.Tensor  # (N, C, H, W) uint8 on the device
+    train_targets: torch.Tensor  # (N,) int64 on the device
+    test_images: torch.Tensor
+    test_targets: torch.Tensor
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    opts: LoaderOptions
+    augmentation: Augmentation | None = Augmentation()
+    _normalize: Normalize = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._normalize = Normalize(self.mean, self.std, self.opts.device)
+
+    @classmethod
+    def from_numpy(
+        cls,
+        name: str,
+        train: tuple[np.ndarray, np.ndarray],
+        test: tuple[np.ndarray, np.ndarray],
+        num_classes: int,
+        mean_std: tuple[tuple[float, ...], tuple[float, ...]],
+        opts: LoaderOptions,
+        augmentation: Augmentation | None,
+    ) -> ResidentData:
+        """Keep the first `train_subset` training samples and move everything to the device once."""
+        n = opts.subset_size(name, len(train[0]))
+
+        def put(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+            # Copy so a subset does not keep the full host array alive through a shared view.
+            return torch.from_numpy(np.array(a, copy=True)).to(device=opts.device, dtype=dtype)
+
+        return cls(
+            name=name,
+            train_images=put(train[0][:n], torch.uint8),
+            train_targets=put(train[1][:n], torch.int64),
+            test_images=put(test[0], torch.uint8),
+            test_targets=put(test[1], torch.int64),
+            num_classes=num_classes,
+            mean=mean_std[0],
+            std=mean_std[1],
+            opts=opts,
+            augmentation=augmentation,
+        )
+
+    @property
+    def num_samples(self) -> int:
+        return self.train_images.shape[0]
+
+    @property
+    def in_chans(self) -> int:
+        return self.train_images.shape[1]
+
+    @property
+    def img_size(self) -> int:
+        return self.train_images.shape[2]
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return steps_per_epoch(self.num_samples, self.opts.batch_size, self.opts.world_size)
+
+    @property
+    def resident_bytes(self) -> int:
+        tensors = (self.train_images, self.train_targets, self.test_images, self.test_targets)
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def epoch_plan(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(this rank's batches (steps, B), crop offsets (N, 2), flips (N,)) for `epoch`, on the device.
+
+        Drawn once per epoch on a CPU generator seeded by (seed, epoch) and keyed by true sample
+        index, so every rank agrees on the permutation and a sample's augmentation does not
+        depend on which rank or step it lands in.
+        """
+        g = epoch_generator(self.opts.seed, epoch)
+        n = self.num_samples
+        perm = torch.randperm(n, generator=g)
+        pad = self.augmentation.pad if self.augmentation else 0
+        offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=g)
+        flips = torch.randint(0, 2, (n,), generator=g, dtype=torch.bool)
+        batches = shard(perm, self.opts.batch_size, self.opts.rank, self.opts.world_size)
+        dev = self.opts.device
+        return batches.to(dev), offsets.to(dev), flips.to(dev)
+
+    def train_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        batches, offsets, flips = self.epoch_plan(epoch)
+        aug = self.augmentation
+        for idx in batches:
+            x = self.train_images[idx]
+            if aug is not None:
+                x = crop_flip(x, offsets[idx], flips[idx] if aug.flip else None, aug.pad)
+            yield idx, self._normalize(x, self.opts.channels_last), self.train_targets[idx]
+
+    def test_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        bs = self.opts.test_batch_size
+        for start in range(0, self.test_images.shape[0], bs):
+            x = self.test_images[start : start + bs]
+            yield self._normalize(x, self.opts.channels_last), self.test_targets[start : start + bs]

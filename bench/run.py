@@ -1,0 +1,320 @@
+"""One timed, resumable training run: config in, run directory out.
+
+<out>/<dataset>-<model>-<method>-s<seed>-<hash>/
+    config.yaml     the fully resolved config
+    metrics.csv     one row per epoch
+    checkpoint.pt   the last finished epoch (torch.load(weights_only=True) reads it)
+    summary.json    written once the run ends: finished, diverged or failed
+
+Training time is measured between device synchronisations around the epoch's steps only
+(evaluation and file writes excluded); epoch 0 includes warm-up and is reported apart.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+from tqdm import tqdm
+
+import optimizers
+
+from . import io
+from .config import RunConfig
+from .data import create_data
+from .distributed import DistInfo, all_reduce_sum, init_from_env
+from .errors import UsageError
+from .models import count_parameters, create_model
+from .provenance import provenance
+from .schedules import base_optimizer, lr_scheduler
+
+CHECKPOINT = "checkpoint.pt"
+SUMMARY = "summary.json"
+METRICS = "metrics.csv"
+CONFIG = "config.yaml"
+
+
+def resolve_device(config: RunConfig, info: DistInfo | None = None) -> torch.device:
+    if config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    return torch.device("cuda", info.local_rank if info else 0)
+
+
+def resolve_precision(config: RunConfig, device: torch.device) -> str:
+    if config.precision != "auto":
+        return config.precision
+    return "bf16" if device.type == "cuda" else "fp32"
+
+
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    import json
+
+    try:
+        return json.loads((run_dir / SUMMARY).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _check_writable(out: Path) -> None:
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"output folder {out} is not writable ({existing} is not a writable directory)")
+
+
+def _host_rss_bytes() -> int:
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _peak_mem_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # the process's peak RSS
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Run:
+    """Sets a run up from a validated config; `train()` runs the epochs and writes the run directory."""
+
+    def __init__(self, config: RunConfig, *, resume: bool = False, command: str | None = None) -> None:
+        self.config = config.resolved()
+        self.resume = resume
+        self.info = init_from_env("cuda" if resolve_device(config).type == "cuda" else "cpu")
+        self.device = resolve_device(config, self.info)
+        self.precision = resolve_precision(self.config, self.device)
+        self.run_dir = self.config.run_dir()
+        self.command = command
+        _check_writable(Path(self.config.out))
+        # Everything that can reject user input happens before the run directory is created.
+        self.data = create_data(
+            self.config.dataset, root=self.config.data_root, batch_size=self.config.batch_size,
+            device=self.device, seed=self.config.seed, train_subset=self.config.train_subset,
+            download=self.config.download, rank=self.info.rank, world_size=self.info.world_size,
+            num_workers=self.config.num_workers, eval_batch_size=self.config.eval_batch_size,
+            channels_last=self._channels_last())
+        torch.manual_seed(self.config.seed)  # identical initial weights on every rank and every resume
+        net = create_model(self.config.model, num_classes=self.data.num_classes, in_chans=self.data.in_chans,
+                           img_size=self.data.img_size).to(self.device)
+        if self._channels_last():
+            net = net.to(memory_format=torch.channels_last)
+        self.net = net
+        self.num_params = count_parameters(net)
+        model: nn.Module = net
+        if self.info.enabled:
+            model = nn.parallel.DistributedDataParallel(
+                net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if self.config.compile:
+            model = torch.compile(model)
+        self.model = model
+        self.optimizer = base_optimizer(self.config, net)
+        self.scheduler = lr_scheduler(self.config, self.optimizer, self.data.steps_per_epoch)
+        self.method = optimizers.create(
+            self.config.method, model, self.optimizer, label_smoothing=self.config.label_smoothing,
+            precision=self.precision, bn_update=self.config.bn_update,
+            **self.config.method_kwargs(num_samples=self.data.num_samples, num_classes=self.data.num_classes))
+        self.rows: list[dict[str, Any]] = []
+        self.start_epoch = 0
+        self.elapsed_s = 0.0
+        self._prepare_run_dir()
+
+    def _channels_last(self) -> bool:
+        if self.config.channels_last is not None:
+            return self.config.channels_last
+        return self.device.type == "cuda"
+
+    # ---- run directory ---------------------------------------------------------------------------
+    def _prepare_run_dir(self) -> None:
+        checkpoint = self.run_dir / CHECKPOINT
+        if self.run_dir.exists() and not self.resume and any(self.run_dir.iterdir()):
+            raise UsageError(f"run directory {self.run_dir} already exists: pass --resume to continue it, "
+                             "or choose another --out")
+        if self.resume and checkpoint.exists():
+            self._load_checkpoint(checkpoint)
+        if self.info.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            io.write_yaml(self.run_dir / CONFIG, self.config.to_dict())
+
+    def _load_checkpoint(self, path: Path) -> None:
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        if state.get("config_hash") != self.config.config_hash():
+            theirs, ours = state.get("identity", {}), self.config.identity()
+            diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+            raise UsageError(f"checkpoint {path} is from another config (differs in: {', '.join(diff) or '?'})")
+        if state.get("world_size", 1) != self.info.world_size:
+            raise UsageError(f"checkpoint {path} was written with world size {state.get('world_size')}, "
+                             f"this run has {self.info.world_size}")
+        self.net.load_state_dict(state["model"])
+        method_state = state["method"]
+        if self.info.rank > 0:  # sharded method state (the SAF store) lives in a per-rank file
+            method_state = torch.load(path.with_name(f"checkpoint-rank{self.info.rank}.pt"),
+                                      map_location=self.device, weights_only=True)
+        self.method.load_state_dict(method_state)
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng_cpu"])
+        if self.device.type == "cuda" and "rng_cuda" in state:
+            torch.cuda.set_rng_state(state["rng_cuda"].cpu(), self.device)
+        self.rows = list(state["metrics"])
+        self.start_epoch = int(state["epoch"])
+        self.elapsed_s = float(state["elapsed_s"])
+
+    def _save_checkpoint(self, epoch: int) -> None:
+        method_state = self.method.state_dict()
+        if self.info.rank > 0:
+            io.save_torch(self.run_dir / f"checkpoint-rank{self.info.rank}.pt", method_state)
+            return
+        state = {"epoch": epoch, "model": self.net.state_dict(), "method": method_state,
+                 "scheduler": self.scheduler.state_dict(), "rng_cpu": torch.get_rng_state(),
+                 "config_hash": self.config.config_hash(), "identity": self.config.identity(),
+                 "world_size": self.info.world_size, "metrics": self.rows, "elapsed_s": self.elapsed_s}
+        if self.device.type == "cuda":
+            state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
+        io.save_torch(self.run_dir / CHECKPOINT, state)
+
+    # ---- training --------------------------------------------------------------------------------
+    def train(self) -> dict[str, Any]:
+        if self.resume and (summary := read_summary(self.run_dir)) and summary.get("status") == "finished":
+            return summary
+        status, error = "finished", None
+        try:
+            for epoch in range(self.start_epoch, self.config.epochs):
+                row = self._epoch(epoch)
+                self.rows.append(row)
+                if not math.isfinite(row["train_loss"]):
+                    status = "diverged"
+                    break
+                self._maybe_hessian(epoch)
+                if self.info.enabled:
+                    torch.distributed.barrier()
+                self._save_checkpoint(epoch + 1)
+                if self.info.is_main:
+                    io.write_csv(self.run_dir / METRICS, pd.DataFrame(self.rows))
+                    print(self._epoch_line(row), flush=True)
+            if status == "finished":
+                self._maybe_hessian(None)
+        except (KeyboardInterrupt, SystemExit):
+            raise  # interrupted: the checkpoint stays, the run resumes later
+        except Exception as exc:  # noqa: BLE001 - recorded in the summary, then re-raised
+            status, error = "failed", f"{type(exc).__name__}: {exc}"
+            self._write_summary(status, error)
+            raise
+        if self.info.is_main:
+            io.write_csv(self.run_dir / METRICS, pd.DataFrame(self.rows))
+        return self._write_summary(status, error)
+
+    def _epoch(self, epoch: int) -> dict[str, Any]:
+        self.method.set_epoch(epoch)
+        self.model.train()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
+        show = self.config.progress and self.info.is_main and sys.stderr.isatty()
+        bar = tqdm(total=self.data.steps_per_epoch, desc=f"epoch {epoch}", leave=False, disable=not show)
+        wall_start = time.perf_counter()
+        _sync(self.device)
+        start = time.perf_counter()
+        for indices, inputs, targets in self.data.train_batches(epoch):
+            out = self.method.step(inputs, targets, indices)
+            self.scheduler.step()
+            # Accumulated on the device: reading them here would synchronise every step.
+            loss_sum += out.loss * targets.shape[0]
+            correct += (out.logits.argmax(1) == targets).sum()
+            seen += targets.shape[0]
+            bar.update()
+        _sync(self.device)
+        train_time = time.perf_counter() - start
+        bar.close()
+        totals = all_reduce_sum(torch.stack([loss_sum.double(), correct.double(),
+                                             torch.tensor(float(seen), device=self.device, dtype=torch.float64)]),
+                                self.info)
+        train_loss, train_correct, train_seen = totals.tolist()
+        test_loss, test_acc = self.evaluate()
+        self.elapsed_s += time.perf_counter() - wall_start
+        row = {"epoch": epoch, "train_loss": train_loss / train_seen, "train_acc": train_correct / train_seen,
+               "test_loss": test_loss, "test_acc": test_acc, "lr": self.optimizer.param_groups[0]["lr"],
+               "epoch_time_s": train_time, "images_per_s": train_seen / train_time,
+               "peak_mem_bytes": _peak_mem_bytes(self.device), "host_rss_bytes": _host_rss_bytes(),
+               "data_resident_bytes": self.data.resident_bytes}
+        row.update(self.method.extra_metrics())
+        return row
+
+    @torch.no_grad()
+    def evaluate(self) -> tuple[float, float]:
+        self.model.eval()
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        count = 0
+        for inputs, targets in self.data.test_batches():
+            with self.method.autocast():
+                logits = self.net(inputs)
+            loss_sum += torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum").double()
+            correct += (logits.argmax(1) == targets).sum()
+            count += targets.shape[0]
+        self.model.train()
+        return loss_sum.item() / max(count, 1), correct.item() / max(count, 1)
+
+    def _maybe_hessian(self, epoch: int | None) -> None:
+        """λ_max and trace at chosen epochs (hessian_epochs.csv) and at the end (hessian.json)."""
+        wanted = self.config.hessian if epoch is None else epoch in self.config.hessian_epochs
+        if not wanted or not self.info.is_main:
+            return
+        from analysis.flatness import run_hessian  # analysis is only needed when asked for
+
+        run_hessian(self, epoch)
+
+    @staticmethod
+    def _epoch_line(row: dict[str, Any]) -> str:
+        return (f"epoch {row['epoch']:>3}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
+                f"test loss {row['test_loss']:.4f} acc {row['test_acc']:.4f}  "
+                f"{row['images_per_s']:.0f} img/s  {row['epoch_time_s']:.1f} s")
+
+    def _write_summary(self, status: str, error: str | None) -> dict[str, Any]:
+        rows = self.rows
+        speeds = [r["images_per_s"] for r in rows[1:]] or [r["images_per_s"] for r in rows]
+        finite = [r for r in rows if math.isfinite(r["train_loss"])]
+        summary = {
+            "method": self.config.method, "dataset": self.config.dataset, "model": self.config.model,
+            "seed": self.config.seed, "epochs": self.config.epochs, "epochs_completed": len(rows),
+            "status": status, "error": error,
+            "final_test_acc": finite[-1]["test_acc"] if finite else None,
+            "best_test_acc": max((r["test_acc"] for r in finite), default=None),
+            "final_train_loss": finite[-1]["train_loss"] if finite else None,
+            "final_test_loss": finite[-1]["test_loss"] if finite else None,
+            "images_per_s": statistics.median(speeds) if speeds else None,
+            "images_per_s_warmup": rows[0]["images_per_s"] if rows else None,
+            "train_time_s": sum(r["epoch_time_s"] for r in rows),
+            "wall_s": self.elapsed_s,
+            "peak_mem_bytes": max((r["peak_mem_bytes"] for r in rows), default=_peak_mem_bytes(self.device)),
+            "hparams": self.config.hparams(), "config_hash": self.config.config_hash(),
+            "run_dir": self.run_dir.name, "world_size": self.info.world_size, "precision": self.precision,
+            "batch_size": self.config.batch_size, "lr": self.config.lr, "train_subset": self.config.train_subset,
+            "num_samples": self.data.num_samples, "num_params": self.num_params,
+            "extras": {k: v for k, v in (rows[-1] if rows else {}).items() if k.startswith(("saf_", "esam_", "mesa_"))},
+            **provenance(self.device, self.command),
+        }
+        if self.info.is_main:
+            io.write_json(self.run_dir / SUMMARY, summary)
+        return summary
+
+
+def run(config: RunConfig, *, resume: bool = False, command: str | None = None) -> dict[str, Any]:
+    """Train one config to the end (or resume it) and return its summary."""
+    return Run(config, resume=resume, command=command).train()

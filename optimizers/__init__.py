@@ -1,0 +1,25 @@
+"""SGD, SAM, ESAM, SAF and MESA behind one step interface.
+
+    method = optimizers.create("saf", model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
+                               num_samples=50_000, num_classes=10)
+    for epoch in range(epochs):
+        method.set_epoch(epoch)
+        for indices, inputs, targets in loader:
+            out = method.step(inputs, targets, indices)   # out.loss, out.logits (detached)
+"""
+
+from .base import BN_UPDATES, PRECISIONS, Method, StepOutput, unwrap
+from .esam import ESAM
+from .mesa import MESA
+from .registry import create, method_class, method_hparams, register_method
+from .sam import SAM
+from .saf import SAF
+from .sgd import SGD
+
+for _cls in (SGD, SAM, ESAM, SAF, MESA):
+    register_method(_cls)
+
+METHODS: tuple[str, ...] = ("sgd", "sam", "esam", "saf", "mesa")
+
+__all__ = ["BN_UPDATES", "ESAM", "MESA", "METHODS", "PRECISIONS", "SAF", "SAM", "SGD", "Method", "StepOutput",
+           "create", "method_class", "method_hparams", "register_method", "unwrap"]

@@ -1,0 +1,61 @@
+"""ESAM (Du et al., ICLR 2022): SAM made cheaper by two approximations.
+
+SWP (stochastic weight perturbation): each parameter tensor joins the ascent with probability
+beta; the others get no weight gradient in the ascent pass, and e = rho * g / (beta * ||g||).
+SDS (sharpness-sensitive data selection): the descent pass sees only the ceil(gamma * B) samples
+whose loss rose most under the perturbation, L_i(w + e) - L_i(w).
+With beta = gamma = 1 every tensor is perturbed, every sample kept, and the step is SAM's.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .base import check_range
+from .sam import SAM
+
+
+class ESAM(SAM):
+    name = "esam"
+
+    def __init__(self, model: nn.Module, base_optimizer: torch.optim.Optimizer, *, rho: float = 0.05,
+                 beta: float = 0.5, gamma: float = 0.5, seed: int = 0, **common: Any) -> None:
+        super().__init__(model, base_optimizer, rho=rho, **common)
+        check_range("beta", beta, 0.0, 1.0, low_open=True, high_open=False)
+        check_range("gamma", gamma, 0.0, 1.0, low_open=True, high_open=False)
+        self.beta = float(beta)
+        self.gamma = float(gamma)
+        # A private CPU generator: the tensor draw needs no device sync and is saved in state_dict.
+        self.generator = torch.Generator().manual_seed(int(seed))
+        self._selected_fraction = 1.0
+
+    def ascent_params(self, params: list[nn.Parameter]) -> tuple[list[nn.Parameter], float]:
+        keep = torch.rand(len(params), generator=self.generator) < self.beta
+        return [p for p, k in zip(params, keep.tolist(), strict=True) if k], self.beta
+
+    def second_pass_batch(self, inputs: Tensor, targets: Tensor, clean_losses: Tensor) -> tuple[Tensor, Tensor]:
+        batch = targets.shape[0]
+        k = max(1, math.ceil(self.gamma * batch))
+        self._selected_fraction = k / batch
+        if k == batch:
+            return inputs, targets
+        with torch.no_grad(), self.frozen_bn():
+            perturbed_losses = self.criterion(self.forward(inputs), targets, reduction="none")
+        chosen = torch.topk(perturbed_losses - clean_losses, k, sorted=False).indices
+        return inputs[chosen], targets[chosen]
+
+    def extra_metrics(self) -> dict[str, float]:
+        return {"esam_selected_fraction": self._selected_fraction}
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["generator"] = self.generator.get_state()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.generator.set_state(state["generator"])

@@ -1,0 +1,73 @@
+"""MESA: memory-efficient SAF (Du et al., NeurIPS 2022, Sec. 4.3).
+
+The trajectory loss of SAF with z_old replaced by the output of an exponential moving average
+of the model: no per-sample store, one extra no-grad forward per step once active.
+The EMA starts as a copy of the model and is updated after every base step from the first
+(ema = d * ema + (1 - d) * w, buffers too); it runs in eval mode.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .base import Method, check_range, unwrap
+from .saf import check_trajectory_hparams
+from .trajectory import trajectory_loss
+
+
+class MESA(Method):
+    name = "mesa"
+
+    def __init__(self, model: nn.Module, base_optimizer: torch.optim.Optimizer, *, lam: float = 0.8,
+                 tau: float = 5.0, e_start: int = 5, ema_decay: float = 0.9998, **common: Any) -> None:
+        super().__init__(model, base_optimizer, **common)
+        check_trajectory_hparams(lam, tau, e_start)
+        check_range("ema_decay", ema_decay, 0.0, 1.0, low_open=False, high_open=True)
+        self.lam, self.tau, self.e_start = float(lam), float(tau), int(e_start)
+        self.ema_decay = float(ema_decay)
+        source = unwrap(model)
+        self.ema = copy.deepcopy(source).eval().requires_grad_(False)
+        self._pairs_params = (list(self.ema.parameters()), [p.detach() for p in source.parameters()])
+        float_buffers = [(e, b) for e, b in zip(self.ema.buffers(), source.buffers(), strict=True)]
+        self._float_buffers = [(e, b) for e, b in float_buffers if e.is_floating_point()]
+        self._other_buffers = [(e, b) for e, b in float_buffers if not e.is_floating_point()]
+
+    @property
+    def active(self) -> bool:
+        return self.epoch >= self.e_start
+
+    def regularizer(self, logits: Tensor, inputs: Tensor, targets: Tensor, indices: Tensor | None) -> Tensor | float:
+        if not self.active:
+            return 0.0
+        with torch.no_grad():
+            ema_logits = self.forward(inputs, self.ema)
+        return self.lam * trajectory_loss(logits, ema_logits, self.tau)
+
+    def after_step(self, stepped: bool | None) -> None:
+        if stepped is False:
+            return
+        weight = 1.0 - self.ema_decay
+        with torch.no_grad():
+            torch._foreach_lerp_(self._pairs_params[0], self._pairs_params[1], weight)
+            if self._float_buffers:
+                ema_b, src_b = zip(*self._float_buffers, strict=True)
+                torch._foreach_lerp_(list(ema_b), list(src_b), weight)
+            for e, b in self._other_buffers:
+                e.copy_(b)
+
+    def extra_metrics(self) -> dict[str, float]:
+        ema_bytes = sum(t.numel() * t.element_size() for t in self.ema.state_dict().values())
+        return {"mesa_ema_bytes": float(ema_bytes)}
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["ema"] = self.ema.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.ema.load_state_dict(state["ema"])

@@ -1,0 +1,93 @@
+"""SAM (Foret et al., ICLR 2021) and its adaptive variant ASAM (Kwon et al., ICML 2021).
+
+    g = grad L(w);  e = rho * g / ||g||   (ASAM: e = rho * |w|^2 g / || |w| g ||)
+    update w with grad L(w + e)
+
+The ascent pass uses `torch.autograd.grad` on the parameters being perturbed, so ESAM's
+unselected tensors get no weight-gradient kernels at all, and under DDP it runs under
+`no_sync` (each worker perturbs with its own gradient, as in the paper's m-sharpness).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .base import Method, StepOutput, check_range
+
+_EPS = 1e-12
+
+
+class SAM(Method):
+    name = "sam"
+
+    def __init__(self, model: nn.Module, base_optimizer: torch.optim.Optimizer, *, rho: float = 0.05,
+                 adaptive: bool = False, **common: Any) -> None:
+        super().__init__(model, base_optimizer, **common)
+        check_range("rho", rho, 0.0, float("inf"), low_open=False, high_open=True)
+        self.rho = float(rho)
+        self.adaptive = bool(adaptive)
+
+    # ESAM overrides these two: which tensors are perturbed, and which samples the second pass sees.
+    def ascent_params(self, params: list[nn.Parameter]) -> tuple[list[nn.Parameter], float]:
+        """Tensors to perturb, and the factor dividing the perturbation (ESAM's beta)."""
+        return params, 1.0
+
+    def second_pass_batch(self, inputs: Tensor, targets: Tensor, clean_losses: Tensor) -> tuple[Tensor, Tensor]:
+        return inputs, targets
+
+    def step(self, inputs: Tensor, targets: Tensor, indices: Tensor | None = None) -> StepOutput:
+        self.base_optimizer.zero_grad(set_to_none=True)
+        perturbed, beta = self.ascent_params(self.trainable_params())
+
+        with self.no_sync():
+            logits = self.forward(inputs)
+            clean_losses = self.criterion(logits, targets, reduction="none")
+            loss = clean_losses.mean()
+            grads = self.ascent_gradient(loss, perturbed)
+        if grads is None:  # fp16 overflow in the ascent pass: skip the whole step
+            self.after_step(False)
+            return StepOutput(loss.detach(), logits.detach())
+
+        originals = [p.detach().clone() for p in perturbed]
+        with torch.no_grad():
+            torch._foreach_add_(perturbed, self.perturbation(perturbed, grads, beta))
+        with self.perturbed_pass():
+            x2, y2 = self.second_pass_batch(inputs, targets, clean_losses.detach())
+            self.backward(self.criterion(self.forward(x2), y2))
+        with torch.no_grad():
+            for p, w in zip(perturbed, originals, strict=True):
+                p.copy_(w)  # exact restore; subtracting e would leave rounding error in w
+        stepped = self.optimizer_step()
+        self.after_step(stepped)
+        return StepOutput(loss.detach(), logits.detach())
+
+    def ascent_gradient(self, loss: Tensor, params: list[nn.Parameter]) -> list[Tensor] | None:
+        """Gradient of the clean loss w.r.t. `params` (unscaled); None when fp16 found inf/nan."""
+        if not params:
+            return []
+        scaled = self.scaler.scale(loss) if self.scaler is not None else loss
+        grads = torch.autograd.grad(scaled, params, allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)]
+        if self.scaler is None:
+            return grads
+        scale = self.scaler.get_scale()  # fp16 only: the scaler syncs on every step anyway
+        grads = [g.float() / scale for g in grads]
+        if not all(bool(torch.isfinite(g).all()) for g in grads):
+            self.scaler.update(scale * self.scaler.get_backoff_factor())
+            return None
+        return grads
+
+    def perturbation(self, params: list[nn.Parameter], grads: list[Tensor], beta: float) -> list[Tensor]:
+        """e = rho * g / (beta * ||g||); ASAM: e = rho * |w|^2 g / (beta * || |w| g ||)."""
+        if not grads:
+            return []
+        if self.adaptive:
+            grads = [p.detach().abs() * g for p, g in zip(params, grads, strict=True)]
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        scale = self.rho / (beta * (norm + _EPS))  # a 0-dim tensor: no host sync
+        if self.adaptive:
+            grads = [p.detach().abs() * g for p, g in zip(params, grads, strict=True)]
+        return [(g * scale).to(p.dtype) for p, g in zip(params, grads, strict=True)]
