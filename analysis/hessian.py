@@ -192,7 +192,9 @@ class _HessianOperator:
                 grad_outputs=[u for _, u in pairs],
                 allow_unused=True,
             )
-            blocks = [h if h is not None else torch.zeros_like(t) for h, t in zip(hv, leaves.values(), strict=True)]
+            blocks = [
+                h if h is not None else torch.zeros_like(t) for h, t in zip(hv, leaves.values(), strict=True)
+            ]
             out += torch.cat([b.reshape(-1) for b in blocks])
         return out
 

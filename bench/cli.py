@@ -15,7 +15,7 @@ from typing import Any
 from .errors import UsageError
 
 # Modules that define `register(subparsers)`; each adds one or more subcommands.
-COMMAND_MODULES = ("bench.cli", "bench.grid_cli", "analysis.cli", "bench.overhead_cli")
+COMMAND_MODULES = ("bench.cli", "bench.grid_cli", "analysis.cli", "analysis.flatness_cli", "bench.overhead_cli")
 
 
 def add_run_flags(parser: argparse.ArgumentParser) -> None:

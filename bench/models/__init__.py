@@ -8,6 +8,7 @@ generator, so `torch.manual_seed` makes construction reproducible.
 from __future__ import annotations
 
 import inspect
+import numbers
 from typing import Any
 
 from torch import nn
@@ -20,25 +21,31 @@ from bench.models.timm_models import create_timm_model
 
 __all__ = ["MODELS", "count_parameters", "create_model", "register_model"]
 
+_COMMON_ARGS = ("num_classes", "in_chans", "img_size")  # every builder takes these; the rest are its options
 
-def create_model(name: str, *, num_classes: int, in_chans: int = 3, img_size: int = 32, **kwargs: Any) -> nn.Module:
+
+def create_model(
+    name: str, *, num_classes: int, in_chans: int = 3, img_size: int = 32, **kwargs: Any
+) -> nn.Module:
     """A freshly initialised model for inputs [B, in_chans, img_size, img_size] and `num_classes` logits.
 
     `name` is a registered name (`MODELS`) or `timm:<timm name>`; `kwargs` are the model's own options
     (e.g. `dropout` for wrn28_10, `alpha` for pyramidnet110, `width` for resnet20/cnn_small).
     Raises UsageError for an unknown name or option, or a non-positive size.
     """
-    for arg, value in (("num_classes", num_classes), ("in_chans", in_chans), ("img_size", img_size)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    for arg, value in zip(_COMMON_ARGS, (num_classes, in_chans, img_size), strict=True):
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
             raise UsageError(f"{arg}={value!r} is invalid: allowed values are integers >= 1")
+    num_classes, in_chans, img_size = int(num_classes), int(in_chans), int(img_size)  # e.g. numpy ints
     if name.startswith(TIMM_PREFIX):
         return create_timm_model(
             name[len(TIMM_PREFIX) :], num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kwargs
         )
     builder = get_builder(name)
     if builder is None:
-        raise UsageError(f"unknown model {name!r}: allowed are {', '.join(MODELS)}, or timm:<name> for any timm model")
-    options = [p for p in inspect.signature(builder).parameters if p not in ("num_classes", "in_chans", "img_size")]
+        allowed = ", ".join(MODELS)
+        raise UsageError(f"unknown model {name!r}: allowed are {allowed}, or timm:<name> for any timm model")
+    options = [p for p in inspect.signature(builder).parameters if p not in _COMMON_ARGS]
     unknown = sorted(set(kwargs) - set(options))
     if unknown:
         allowed = f"its options are {', '.join(options)}" if options else "it takes no options"

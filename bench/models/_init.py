@@ -4,7 +4,7 @@ from torch import nn
 
 
 def init_weights(model: nn.Module) -> None:
-    """Kaiming-normal (fan_out, ReLU) convs as in He et al. 2015; BN weight 1, bias 0; Linear keeps torch's default.
+    """Kaiming-normal convs (fan_out, ReLU; He et al. 2015), BN weight 1, bias 0; Linear keeps torch's init.
 
     Draws from torch's global generator, so `torch.manual_seed` makes construction reproducible.
     """

@@ -24,7 +24,7 @@ def register_model(name_or_fn: str | None = None) -> Callable[[Builder], Builder
 
 
 def register_model(name_or_fn: str | Builder | None = None) -> Builder | Callable[[Builder], Builder]:
-    """Register a builder under its function name (`@register_model`) or a given one (`@register_model("x")`)."""
+    """Register a builder under its function name (`@register_model`) or another (`@register_model("x")`)."""
 
     def add(fn: Builder, name: str) -> Builder:
         if name in _BUILDERS or name.startswith("timm:"):

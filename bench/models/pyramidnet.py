@@ -85,13 +85,15 @@ def pyramid_widths(depth: int, alpha: float, bottleneck: bool, base: int = 16) -
     """The inner width of each of the 3*n units: round(base + alpha * k / (3n)) for k = 1..3n."""
     per_block = 9 if bottleneck else 6
     if depth < 2 + per_block or (depth - 2) % per_block != 0:
-        raise UsageError(f"PyramidNet depth={depth} is invalid: depth - 2 must be a positive multiple of {per_block}")
+        raise UsageError(
+            f"PyramidNet depth={depth} is invalid: depth - 2 must be a multiple of {per_block} > 0"
+        )
     total = 3 * (depth - 2) // per_block
     return [round(base + alpha * k / total) for k in range(1, total + 1)]
 
 
 class PyramidNet(nn.Module):
-    """Stem conv3x3-BN, 3 stages of pyramidal units (stride 2 entering stages 2 and 3), BN-ReLU, GAP, linear."""
+    """Stem conv3x3-BN, 3 stages of pyramidal units (stride 2 into stages 2, 3), BN-ReLU, GAP, linear."""
 
     def __init__(
         self, depth: int, alpha: float, *, num_classes: int, in_chans: int = 3, bottleneck: bool = False

@@ -28,7 +28,7 @@ def conv3x3(in_planes: int, planes: int, stride: int = 1) -> nn.Conv2d:
 
 
 class PadShortcut(nn.Module):
-    """Parameter-free shortcut (He et al. option A): keep every `stride`-th pixel, zero-pad the new channels."""
+    """Parameter-free shortcut (He et al.'s option A): keep every `stride`-th pixel, zero-pad new channels."""
 
     def __init__(self, stride: int, extra_channels: int) -> None:
         super().__init__()
@@ -53,7 +53,8 @@ class BasicBlock(nn.Module):
         if stride != 1 or in_planes != planes:
             if shortcut == "conv":
                 self.shortcut = nn.Sequential(
-                    nn.Conv2d(in_planes, planes, kernel_size=1, stride=stride, bias=False), nn.BatchNorm2d(planes)
+                    nn.Conv2d(in_planes, planes, kernel_size=1, stride=stride, bias=False),
+                    nn.BatchNorm2d(planes),
                 )
             else:
                 self.shortcut = PadShortcut(stride, planes - in_planes)

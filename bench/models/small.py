@@ -57,7 +57,7 @@ def _check_positive(name: str, value: int) -> None:
 
 @register_model
 def cnn_small(*, num_classes: int, in_chans: int = 3, img_size: int = 32, width: int = 32) -> nn.Module:
-    """Three conv-BN-ReLU-pool stages of width/2w/4w channels (~0.1M parameters at width 32); any input size."""
+    """Three conv-BN-ReLU-pool stages of width/2w/4w channels (~0.1M parameters at width 32), any size."""
     _check_positive("width", width)
     return SmallCNN(num_classes=num_classes, in_chans=in_chans, width=width)
 

@@ -1,4 +1,4 @@
-"""Any timm model as `timm:<name>` (ImageNet-scale nets: ResNet-50, ViTs, ...), always without pretrained weights.
+"""Any timm model as `timm:<name>` (ImageNet-scale nets: ResNet-50, ViTs, ...), never with pretrained weights.
 
 timm is imported on first use only, so CPU runs on the small models do not pay for it.
 """
@@ -15,7 +15,9 @@ from bench.errors import UsageError
 PREFIX = "timm:"
 
 
-def create_timm_model(name: str, *, num_classes: int, in_chans: int, img_size: int, **kwargs: Any) -> nn.Module:
+def create_timm_model(
+    name: str, *, num_classes: int, in_chans: int, img_size: int, **kwargs: Any
+) -> nn.Module:
     """`timm.create_model(name, pretrained=False, ...)`; `img_size` goes only to models that take it (ViTs).
 
     Raises UsageError for a name timm does not know or an option the model does not take.
@@ -31,7 +33,7 @@ def create_timm_model(name: str, *, num_classes: int, in_chans: int, img_size: i
         try:
             return timm.create_model(name, img_size=img_size, **args)
         except TypeError as err:
-            # CNNs reject img_size when binding arguments, before drawing any weight: the retry keeps the RNG stream
+            # CNNs reject img_size on binding arguments, before drawing any weight, so the retry keeps the RNG stream
             if "img_size" not in str(err):
                 raise
         return timm.create_model(name, **args)

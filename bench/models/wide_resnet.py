@@ -17,7 +17,7 @@ from bench.models._registry import register_model
 
 
 class WideBlock(nn.Module):
-    """Pre-activation block; where the shape changes the projection sees the activated input, as in the paper."""
+    """Pre-activation block; where the shape changes the projection sees the activated input, as in WRN."""
 
     def __init__(self, in_planes: int, planes: int, stride: int, dropout: float) -> None:
         super().__init__()

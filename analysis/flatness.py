@@ -1,0 +1,164 @@
+"""Flatness of a run's model: Hessian spectrum and loss landscapes, written into its run directory.
+
+Every run of a dataset is measured on the same fixed training samples (the first ones of a
+seed-0, un-augmented pass), so λ_max and traces compare across methods and seeds.
+Files: hessian.json (end of training), hessian_epochs.csv (chosen epochs), landscape_1d.npz,
+landscape_2d.npz, landscape_line_<other run>.npz.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+import yaml
+from torch import Tensor, nn
+
+from bench import io
+from bench.config import RunConfig
+from bench.data import create_data
+from bench.errors import UsageError
+from bench.models import create_model
+
+from .hessian import hessian_summary
+from .landscape import loss_curve_1d, loss_line, loss_surface_2d, save_landscape
+
+HESSIAN = "hessian.json"
+HESSIAN_EPOCHS = "hessian_epochs.csv"
+
+
+def fixed_data(config: RunConfig, device: torch.device, samples: int, batch_size: int = 250) -> Any:
+    """A seed-0, un-augmented view of the run's training set: the same samples for every run."""
+    return create_data(config.dataset, root=config.data_root, batch_size=min(batch_size, samples), device=device,
+                       seed=0, train_subset=config.train_subset, download=False, num_workers=0, augment=False)
+
+
+def first_batches(data: Any, samples: int) -> list[tuple[Tensor, Tensor]]:
+    batches = []
+    for _, inputs, targets in data.train_batches(0):
+        batches.append((inputs, targets))
+        if sum(t.shape[0] for _, t in batches) >= samples:
+            break
+    return batches
+
+
+def fixed_batches(config: RunConfig, device: torch.device, samples: int) -> list[tuple[Tensor, Tensor]]:
+    return first_batches(fixed_data(config, device, samples), samples)
+
+
+def load_run(run_dir: str | Path, device: torch.device, samples: int) -> tuple[RunConfig, nn.Module, list]:
+    """The run's config, its last checkpointed model (eval mode) and the fixed measurement batches."""
+    run_dir = Path(run_dir)
+    try:
+        values = yaml.safe_load((run_dir / "config.yaml").read_text())
+        state = torch.load(run_dir / "checkpoint.pt", map_location=device, weights_only=True)
+    except FileNotFoundError as exc:
+        raise UsageError(f"{run_dir} is not a run directory with a checkpoint: {exc.filename} is missing") from None
+    config = RunConfig(**values)
+    data = fixed_data(config, device, samples)
+    model = create_model(config.model, num_classes=data.num_classes, in_chans=data.in_chans,
+                         img_size=data.img_size).to(device)
+    model.load_state_dict(state["model"])
+    return config, model.eval(), first_batches(data, samples)
+
+
+def measure_hessian(model: nn.Module, batches: list, *, k: int = 3, trace_samples: int = 50,
+                    seed: int = 0, bn_mode: str = "eval", max_iter: int = 100) -> dict[str, Any]:
+    start = time.perf_counter()
+    summary = hessian_summary(model, batches, k=k, trace_samples=trace_samples, seed=seed, bn_mode=bn_mode,
+                              max_iter=max_iter)
+    summary["seconds"] = time.perf_counter() - start
+    summary.pop("param_names", None)  # long and derivable from the model
+    return summary
+
+
+def write_hessian(run_dir: Path, summary: dict[str, Any], epoch: int | None) -> None:
+    if epoch is None:
+        io.write_json(run_dir / HESSIAN, summary)
+        return
+    path = run_dir / HESSIAN_EPOCHS
+    rows = pd.read_csv(path).to_dict("records") if path.exists() else []
+    rows = [r for r in rows if r["epoch"] != epoch]
+    rows.append({"epoch": epoch, "lambda_max": summary["lambda_max"], "trace": summary["trace"],
+                 "trace_stderr": summary["trace_stderr"],
+                 **{f"eigenvalue_{i}": v for i, v in enumerate(summary["top_eigenvalues"])}})
+    io.write_csv(path, pd.DataFrame(rows).sort_values("epoch"))
+
+
+def run_hessian(run: Any, epoch: int | None) -> None:
+    """Called by bench.run at chosen epochs (after the epoch) and at the end (epoch None)."""
+    batches = fixed_batches(run.config, run.device, run.config.hessian_samples)
+    summary = measure_hessian(run.net, batches)
+    summary.update(epoch=run.config.epochs if epoch is None else epoch + 1, samples=run.config.hessian_samples)
+    write_hessian(run.run_dir, summary, epoch)
+
+
+def hessian_for_run_dir(run_dir: str | Path, *, samples: int = 1000, k: int = 3, trace_samples: int = 50,
+                        bn_mode: str = "eval", device: str = "auto") -> dict[str, Any]:
+    dev = _device(device)
+    _, model, batches = load_run(run_dir, dev, samples)
+    summary = measure_hessian(model, batches, k=k, trace_samples=trace_samples,
+                              bn_mode=bn_mode)
+    summary.update(epoch=_epochs_done(run_dir), samples=samples)
+    write_hessian(Path(run_dir), summary, None)
+    return summary
+
+
+def landscape_for_run_dir(run_dir: str | Path, *, dim: int = 1, samples: int = 1000, resolution: int | None = None,
+                          span: float = 1.0, seed: int = 0, line_to: str | Path | None = None,
+                          recalibrate_bn: bool = False, device: str = "auto") -> Path:
+    """Compute one landscape of the run's final model and save it as npz in the run directory."""
+    dev = _device(device)
+    run_dir = Path(run_dir)
+    config, model, batches = load_run(run_dir, dev, samples)
+    recal = batches if recalibrate_bn else None
+    meta = {"run_dir": run_dir.name, "samples": samples, "seed": seed, "span": span,
+            "recalibrate_bn": recalibrate_bn, "method": config.method, "dataset": config.dataset,
+            "model": config.model}
+    if line_to is not None:
+        other_config, other, _ = load_run(line_to, dev, 1)
+        if (other_config.model, other_config.dataset) != (config.model, config.dataset):
+            raise UsageError(f"{line_to} trains {other_config.model} on {other_config.dataset}; "
+                             f"a line needs the same model and dataset as {run_dir}")
+        n = resolution or 31
+        result = loss_line(model, model.state_dict(), other.state_dict(), batches,
+                           alphas=torch.linspace(-0.25, 1.25, n).tolist(), recalibrate_bn=recal)
+        meta.update(kind="line", to_run_dir=Path(line_to).name, to_method=other_config.method)
+        path = run_dir / f"landscape_line_{Path(line_to).name}.npz"
+    elif dim == 1:
+        n = resolution or 51
+        result = loss_curve_1d(model, batches, alphas=torch.linspace(-span, span, n).tolist(), seed=seed,
+                               recalibrate_bn=recal)
+        meta.update(kind="1d")
+        path = run_dir / "landscape_1d.npz"
+    elif dim == 2:
+        n = resolution or 21
+        grid = torch.linspace(-span, span, n).tolist()
+        result = loss_surface_2d(model, batches, xs=grid, ys=grid, seed=seed, recalibrate_bn=recal)
+        meta.update(kind="2d")
+        path = run_dir / "landscape_2d.npz"
+    else:
+        raise UsageError(f"dim={dim} is invalid: allowed values are 1, 2")
+    save_landscape(path, result, meta)
+    return path
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("device='cuda' is invalid here: no CUDA device is visible; allowed: cpu, auto")
+    if name not in ("cpu", "cuda"):
+        raise UsageError(f"device={name!r} is invalid: allowed values are auto, cpu, cuda")
+    return torch.device(name)
+
+
+def _epochs_done(run_dir: str | Path) -> int | None:
+    try:
+        return int(pd.read_csv(Path(run_dir) / "metrics.csv")["epoch"].max()) + 1
+    except (OSError, KeyError, ValueError):
+        return None
+

@@ -1,0 +1,51 @@
+"""`safbench hessian RUN_DIR` and `safbench landscape RUN_DIR`: flatness of a finished run's model."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def _hessian(args: argparse.Namespace) -> int:
+    from .flatness import hessian_for_run_dir
+
+    for run_dir in args.run_dirs:
+        s = hessian_for_run_dir(run_dir, samples=args.samples, k=args.k, trace_samples=args.trace_samples,
+                                bn_mode=args.bn_mode, device=args.device)
+        print(f"{run_dir}: lambda_max {s['lambda_max']:.4g}, top-{args.k} {[round(v, 4) for v in s['top_eigenvalues']]}, "
+              f"trace {s['trace']:.4g} ± {s['trace_stderr'] or float('nan'):.2g} ({s['seconds']:.0f} s)")
+    return 0
+
+
+def _landscape(args: argparse.Namespace) -> int:
+    from .flatness import landscape_for_run_dir
+
+    for run_dir in args.run_dirs:
+        path = landscape_for_run_dir(run_dir, dim=args.dim, samples=args.samples, resolution=args.resolution,
+                                     span=args.range, seed=args.seed, line_to=args.line_to,
+                                     recalibrate_bn=args.recalibrate_bn, device=args.device)
+        print(f"wrote {path}")
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    h = subparsers.add_parser("hessian", help="top Hessian eigenvalues and trace of a run's final model")
+    h.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    h.add_argument("--samples", type=int, default=1000, help="fixed training samples (same for every run)")
+    h.add_argument("--k", type=int, default=3, help="number of top eigenvalues")
+    h.add_argument("--trace-samples", type=int, default=50, help="Hutchinson probe vectors")
+    h.add_argument("--bn-mode", choices=("eval", "train"), default="eval")
+    h.add_argument("--device", default="auto")
+    h.set_defaults(func=_hessian)
+
+    p = subparsers.add_parser("landscape", help="1D/2D filter-normalised loss landscape of a run's final model")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--dim", type=int, choices=(1, 2), default=1)
+    p.add_argument("--line-to", metavar="RUN_DIR", help="the straight line from this run's model to another's")
+    p.add_argument("--samples", type=int, default=1000)
+    p.add_argument("--resolution", type=int, default=None, help="points per axis (1d 51, 2d 21, line 31)")
+    p.add_argument("--range", type=float, default=1.0, help="alphas in [-range, range]")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random directions")
+    p.add_argument("--recalibrate-bn", action="store_true", help="recompute BN statistics at every point")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_landscape)
