@@ -33,7 +33,7 @@ def create_timm_model(
         try:
             return timm.create_model(name, img_size=img_size, **args)
         except TypeError as err:
-            # CNNs reject img_size on binding arguments, before drawing any weight, so the retry keeps the RNG stream
+            # CNNs reject img_size at argument binding, before any weight is drawn: the RNG stream is intact
             if "img_size" not in str(err):
                 raise
         return timm.create_model(name, **args)

@@ -79,3 +79,9 @@ def assert_same_outputs(actual, expected, atol: float = 1e-5) -> None:
         assert la.shape == () and not la.requires_grad and not za.requires_grad
         torch.testing.assert_close(la.float(), le.float(), atol=atol, rtol=0)
         torch.testing.assert_close(za.float(), ze.float(), atol=atol, rtol=0)
+
+
+def assert_same_outputs_exact(actual, expected) -> None:
+    assert len(actual) == len(expected)
+    for (ea, ia, la, za), (ee, ie, le, ze) in zip(actual, expected, strict=True):
+        assert ea == ee and torch.equal(ia, ie) and torch.equal(la, le) and torch.equal(za, ze)

@@ -1,0 +1,87 @@
+"""results.csv: one flat row per run directory, rebuilt from the run directories, never edited.
+
+A row is the run's summary.json with nested fields flattened: `hparams` become `hp_<name>`,
+method extras (saf_store_bytes, ...) keep their own names, and hessian.json adds `lambda_max`
+and `hessian_trace` (plus `hessian_trace_stderr`) when the run measured them. Lists are written
+as JSON text. Since rows come from the summaries each time, a crash can cost at most a stale
+file, and the next rebuild repairs it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from . import io
+from .run import SUMMARY
+
+RESULTS = "results.csv"
+HESSIAN = "hessian.json"
+# Columns first in every table (the rest follow in the summaries' order).
+LEADING = ("run_dir", "config_hash", "status", "method", "dataset", "model", "seed")
+_HESSIAN_FIELDS = {"lambda_max": "lambda_max", "trace": "hessian_trace", "hessian_trace": "hessian_trace",
+                   "trace_stderr": "hessian_trace_stderr"}
+
+
+def result_row(run_dir: Path) -> dict[str, Any] | None:
+    """The flat row of one run directory, or None if it has no readable summary yet."""
+    try:
+        summary = json.loads((run_dir / SUMMARY).read_text())
+    except (OSError, ValueError):
+        return None
+    row: dict[str, Any] = {}
+    for key, value in summary.items():
+        if key == "hparams" and isinstance(value, dict):
+            row.update({f"hp_{k}": v for k, v in value.items()})
+        elif key == "extras" and isinstance(value, dict):
+            row.update(value)
+        elif isinstance(value, dict):
+            row.update({f"{key}_{k}": v for k, v in value.items()})
+        else:
+            row[key] = json.dumps(value) if isinstance(value, list) else value
+    row["run_dir"] = run_dir.name
+    try:
+        hessian = json.loads((run_dir / HESSIAN).read_text())
+    except (OSError, ValueError):
+        hessian = {}
+    for src, dst in _HESSIAN_FIELDS.items():
+        if src in hessian:
+            row[dst] = hessian[src]
+    return row
+
+
+def collect_results(folder: str | Path) -> pd.DataFrame:
+    """Every run directory directly under `folder` with a summary, one row each, sorted by name."""
+    folder = Path(folder)
+    run_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+        if folder.is_dir() else []
+    rows = [r for r in map(result_row, run_dirs) if r is not None]
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return pd.DataFrame(columns=list(LEADING))
+    leading = [c for c in LEADING if c in frame.columns]
+    return frame[leading + [c for c in frame.columns if c not in leading]]
+
+
+def write_results(folder: str | Path) -> Path:
+    """Rebuild <folder>/results.csv atomically.
+
+    Serialised by a lock so that, with several grid processes, a rebuild that started before
+    another cell's summary appeared cannot land after that cell's own rebuild and hide it.
+    """
+    folder = Path(folder)
+    lock_file = folder / ".grid" / "results.lock"
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        path = folder / RESULTS
+        io.write_csv(path, collect_results(folder))
+        return path
+    finally:
+        os.close(fd)
