@@ -29,7 +29,7 @@ def method_hparams(name: str) -> dict[str, Any]:
     cls = method_class(name)
     own: dict[str, Any] = {}
     for klass in cls.__mro__:
-        if klass is Method or not issubclass(klass, Method):
+        if klass is Method or not issubclass(klass, Method) or "__init__" not in vars(klass):
             continue
         for p in inspect.signature(klass.__init__).parameters.values():
             if p.kind is p.KEYWORD_ONLY and p.name not in own:

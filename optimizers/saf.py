@@ -51,6 +51,7 @@ class SAF(Method):
         self.store = LogitStore(num_samples, num_classes, self.e_tilde, dtype=_DTYPES[store_dtype],
                                 device=store_device or self.device, process_group=process_group)
         self._checked_epoch = -1
+        self._pending: tuple[Tensor, Tensor] | None = None
 
     @property
     def active(self) -> bool:
@@ -60,10 +61,19 @@ class SAF(Method):
         if indices is None:
             raise ValueError("saf needs each sample's dataset index: call step(inputs, targets, indices)")
         self._check_indices(indices)
-        old = self.store.exchange(self.epoch % self.e_tilde, indices, logits, read=self.active)
-        if old is None:
+        self._pending = (indices, logits.detach())  # stored after the step, and only if it was taken
+        if not self.active:
             return 0.0
-        return self.lam * trajectory_loss(logits, old, self.tau)
+        old, present = self.store.read(self.epoch, indices)
+        # Samples with no logits from epoch e - e_tilde (skipped by the sampler or an fp16-skipped
+        # step) add nothing; the mean stays over the whole batch, as in the paper.
+        return self.lam * trajectory_loss(logits, old, self.tau, weights=present)
+
+    def after_step(self, stepped: bool | None) -> None:
+        indices, logits = self._pending
+        self._pending = None
+        if stepped is not False:
+            self.store.write(self.epoch, indices, logits)
 
     def _check_indices(self, indices: Tensor) -> None:
         # Host indices are checked every step (free); device indices once per epoch (one sync).

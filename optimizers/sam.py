@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from .base import Method, StepOutput, check_range
@@ -47,13 +48,14 @@ class SAM(Method):
             clean_losses = self.criterion(logits, targets, reduction="none")
             loss = clean_losses.mean()
             grads = self.ascent_gradient(loss, perturbed)
-        if grads is None:  # fp16 overflow in the ascent pass: skip the whole step
+        if grads is None:  # fp16 overflow in the ascent pass: the scaler skipped the whole step
             self.after_step(False)
             return StepOutput(loss.detach(), logits.detach())
 
         originals = [p.detach().clone() for p in perturbed]
-        with torch.no_grad():
-            torch._foreach_add_(perturbed, self.perturbation(perturbed, grads, beta))
+        if perturbed:  # ESAM's draw may select no tensor: then e = 0
+            with torch.no_grad():
+                torch._foreach_add_(perturbed, self.perturbation(perturbed, grads, beta))
         with self.perturbed_pass():
             x2, y2 = self.second_pass_batch(inputs, targets, clean_losses.detach())
             self.backward(self.criterion(self.forward(x2), y2))
@@ -74,11 +76,19 @@ class SAM(Method):
         if self.scaler is None:
             return grads
         scale = self.scaler.get_scale()  # fp16 only: the scaler syncs on every step anyway
-        grads = [g.float() / scale for g in grads]
-        if not all(bool(torch.isfinite(g).all()) for g in grads):
-            self.scaler.update(scale * self.scaler.get_backoff_factor())
+        finite = torch.stack([torch.isfinite(g).all() for g in grads]).all().to(torch.float32)
+        if dist.is_available() and dist.is_initialized() and hasattr(self.model, "no_sync"):
+            # The ascent pass is local under DDP: every rank must agree to skip, or the next all-reduce hangs.
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if not bool(finite):
+            # Hand the overflowing gradients to the scaler so that it skips the step and backs off
+            # exactly as for an overflow in the last pass (scale and growth tracker alike).
+            for p, g in zip(params, grads, strict=True):
+                p.grad = g.to(p.dtype)
+            self.optimizer_step()
+            self.base_optimizer.zero_grad(set_to_none=True)
             return None
-        return grads
+        return [g.float() / scale for g in grads]
 
     def perturbation(self, params: list[nn.Parameter], grads: list[Tensor], beta: float) -> list[Tensor]:
         """e = rho * g / (beta * ||g||); ASAM: e = rho * |w|^2 g / (beta * || |w| g ||)."""

@@ -1,14 +1,16 @@
 """Per-sample logit store for SAF: each sample's clean logits from the last `slots` epochs.
 
 Epoch e uses slot e % slots: the slot is read (it holds epoch e - slots) before it is overwritten.
+Each row also records the epoch that wrote it, so a sample the sampler skipped (drop_last) or a
+step that fp16 skipped gives no target rather than a stale or zero one.
 The table lives on the model's device, in fp16/bf16 if asked, and every read and write is an
 indexed device op, so no step waits on the host.
 
 Under DDP the table is sharded, not replicated: sample i belongs to rank i % world, which keeps
-row i // world. Each step all-gathers the global batch's indices and logits, so the owner writes
-every sample whoever trained on it, and an all-reduce (one owner per row, zeros elsewhere) brings
-each rank the old logits of its own samples. A node therefore holds N x slots x C entries in all,
-and a sample's target is its own output from `slots` epochs ago whichever rank saw it then.
+row i // world. Reads and writes all-gather the global batch's indices (and logits), so the owner
+writes every sample whoever trained on it, and an all-reduce (one owner per row, zeros elsewhere)
+brings each rank the old logits of its own samples. A node therefore holds N x slots x C entries
+in all, and a sample's target is its own output from `slots` epochs ago whichever rank saw it then.
 """
 
 from __future__ import annotations
@@ -38,36 +40,46 @@ class LogitStore:
         rows = math.ceil(self.num_samples / self.world_size)
         # Under DDP one spare row takes the writes of samples this rank does not own (no masking sync).
         self.dump_row = rows if self.world_size > 1 else None
-        self.table = torch.zeros(self.slots, rows + (self.world_size > 1), self.num_classes,
-                                 dtype=dtype, device=device)
+        shape = (self.slots, rows + (self.world_size > 1))
+        self.table = torch.zeros(*shape, self.num_classes, dtype=dtype, device=device)
+        self.written = torch.full(shape, -1, dtype=torch.int32, device=device)  # epoch that wrote each row
 
     @property
     def nbytes(self) -> int:
-        return self.table.numel() * self.table.element_size()
+        return self.table.numel() * self.table.element_size() + self.written.numel() * self.written.element_size()
 
-    def exchange(self, slot: int, indices: Tensor, logits: Tensor, *, read: bool) -> Tensor | None:
-        """Return the slot's old logits for `indices` (float32, if `read`), then store `logits` there."""
-        indices = indices.to(self.table.device, torch.long, non_blocking=True)
-        values = logits.detach().to(self.table.device, self.table.dtype, non_blocking=True)
+    def read(self, epoch: int, indices: Tensor) -> tuple[Tensor, Tensor]:
+        """Logits the samples got `slots` epochs before `epoch` (float32), and which of them exist."""
+        slot, wanted = epoch % self.slots, epoch - self.slots
+        indices = self._local(indices)
         if self.world_size == 1:
-            old = self.table[slot].index_select(0, indices).float() if read else None
-            self.table[slot].index_copy_(0, indices, values)
-            return old
-        return self._exchange_sharded(slot, indices, values, read)
-
-    def _exchange_sharded(self, slot: int, indices: Tensor, values: Tensor, read: bool) -> Tensor | None:
+            return self.table[slot, indices].float(), self.written[slot, indices] == wanted
         all_indices = self._all_gather(indices)
+        mine, rows = self._ownership(all_indices)
+        logits = torch.where(mine[:, None], self.table[slot, rows], 0)
+        written = torch.where(mine, self.written[slot, rows], 0)
+        dist.all_reduce(logits, group=self.group)  # exactly one rank contributes each row
+        dist.all_reduce(written, group=self.group)
+        part = slice(self.rank * indices.shape[0], (self.rank + 1) * indices.shape[0])
+        return logits[part].float(), written[part] == wanted
+
+    def write(self, epoch: int, indices: Tensor, logits: Tensor) -> None:
+        slot = epoch % self.slots
+        indices = self._local(indices)
+        values = logits.detach().to(self.table.device, self.table.dtype, non_blocking=True)
+        if self.world_size > 1:
+            all_indices = self._all_gather(indices)
+            _, indices = self._ownership(all_indices)
+            values = self._all_gather(values)
+        self.table[slot].index_copy_(0, indices, values)
+        self.written[slot].index_fill_(0, indices, epoch)
+
+    def _local(self, indices: Tensor) -> Tensor:
+        return indices.to(self.table.device, torch.long, non_blocking=True)
+
+    def _ownership(self, all_indices: Tensor) -> tuple[Tensor, Tensor]:
         mine = (all_indices % self.world_size) == self.rank
-        rows = torch.where(mine, all_indices // self.world_size, self.dump_row)
-        old = None
-        if read:
-            gathered = self.table[slot].index_select(0, rows)
-            owned = torch.where(mine[:, None], gathered, torch.zeros_like(gathered))
-            dist.all_reduce(owned, group=self.group)  # exactly one rank contributes each row
-            batch = indices.shape[0]
-            old = owned[self.rank * batch:(self.rank + 1) * batch].float()
-        self.table[slot].index_copy_(0, rows, self._all_gather(values))
-        return old
+        return mine, torch.where(mine, all_indices // self.world_size, self.dump_row)
 
     def _all_gather(self, tensor: Tensor) -> Tensor:
         parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
@@ -75,7 +87,7 @@ class LogitStore:
         return torch.cat(parts)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"table": self.table, "world_size": self.world_size, "rank": self.rank}
+        return {"table": self.table, "written": self.written, "world_size": self.world_size, "rank": self.rank}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["world_size"] != self.world_size or state["table"].shape != self.table.shape:
@@ -83,3 +95,4 @@ class LogitStore:
                              f"{tuple(state['table'].shape)} cannot load into world size {self.world_size} "
                              f"and shape {tuple(self.table.shape)}")
         self.table.copy_(state["table"])
+        self.written.copy_(state["written"])

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 
-def trajectory_loss(logits: Tensor, old_logits: Tensor, tau: float) -> Tensor:
-    """tau^2 * mean_i KL(softmax(z_old_i / tau) || softmax(z_i / tau)), computed in fp32."""
+def trajectory_loss(logits: Tensor, old_logits: Tensor, tau: float, weights: Tensor | None = None) -> Tensor:
+    """tau^2 * mean_i KL(softmax(z_old_i / tau) || softmax(z_i / tau)), computed in fp32.
+
+    `weights` (0/1 per sample) drops samples without a target; the mean is still over the batch.
+    """
     log_p_new = F.log_softmax(logits.float() / tau, dim=1)
     log_p_old = F.log_softmax(old_logits.float() / tau, dim=1)
-    return tau * tau * F.kl_div(log_p_new, log_p_old, reduction="batchmean", log_target=True)
+    per_sample = F.kl_div(log_p_new, log_p_old, reduction="none", log_target=True).sum(dim=1)
+    if weights is not None:
+        per_sample = torch.where(weights, per_sample, 0.0)  # where, not *, so a NaN target cannot leak
+    return tau * tau * per_sample.mean()

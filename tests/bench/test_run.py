@@ -72,7 +72,7 @@ def test_fashionmnist_subset_run(tmp_path: Path, fake_fashionmnist_root: Path) -
                   train_subset=32, batch_size=16, epochs=1)
     summary = run(config)
     assert summary["status"] == "finished" and summary["num_samples"] == 32
-    assert summary["extras"]["saf_store_bytes"] == 32 * 10 * 3 * 2  # N x C x e_tilde in fp16
+    assert summary["extras"]["saf_store_bytes"] == 32 * 3 * (10 * 2 + 4)  # N x e_tilde x (C fp16 + int32 epoch)
 
 
 @pytest.mark.parametrize("method", ["sgd", "esam", "saf", "mesa"])

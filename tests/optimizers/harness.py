@@ -37,10 +37,17 @@ class Reference:
         if name == "esam":
             self.esam = ref.RefESAM(hp.get("seed", 0), hp.get("beta", 0.5))
         if name == "saf":
-            self.saf = ref.RefSAF(hp.get("lam", 0.3), hp.get("tau", 5.0), hp.get("e_tilde", 3), hp.get("e_start", 5))
+            self.saf = ref.RefSAF(
+                hp.get("lam", 0.3), hp.get("tau", 5.0), hp.get("e_tilde", 3), hp.get("e_start", 5)
+            )
         if name == "mesa":
-            self.mesa = ref.RefMESA(model, hp.get("lam", 0.8), hp.get("tau", 5.0), hp.get("e_start", 5),
-                                    hp.get("ema_decay", 0.9998))
+            self.mesa = ref.RefMESA(
+                model,
+                hp.get("lam", 0.8),
+                hp.get("tau", 5.0),
+                hp.get("e_start", 5),
+                hp.get("ema_decay", 0.9998),
+            )
         self.chosen: list[list[int]] = []
 
     def step(self, x, y, idx, epoch):
@@ -48,13 +55,29 @@ class Reference:
         if self.name == "sgd":
             return ref.sgd_step(m, o, x, y, label_smoothing=self.ls)
         if self.name == "sam":
-            loss, logits, _ = ref.sam_step(m, o, x, y, rho=hp.get("rho", 0.05), adaptive=hp.get("adaptive", False),
-                                           label_smoothing=self.ls, bn_update=self.bn_update)
+            loss, logits, _ = ref.sam_step(
+                m,
+                o,
+                x,
+                y,
+                rho=hp.get("rho", 0.05),
+                adaptive=hp.get("adaptive", False),
+                label_smoothing=self.ls,
+                bn_update=self.bn_update,
+            )
             return loss, logits
         if self.name == "esam":
-            loss, logits, chosen = ref.sam_step(m, o, x, y, rho=hp.get("rho", 0.05), label_smoothing=self.ls,
-                                                bn_update=self.bn_update, esam=self.esam,
-                                                gamma=hp.get("gamma", 0.5))
+            loss, logits, chosen = ref.sam_step(
+                m,
+                o,
+                x,
+                y,
+                rho=hp.get("rho", 0.05),
+                label_smoothing=self.ls,
+                bn_update=self.bn_update,
+                esam=self.esam,
+                gamma=hp.get("gamma", 0.5),
+            )
             self.chosen.append(chosen)
             return loss, logits
         if self.name == "saf":

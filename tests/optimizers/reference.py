@@ -67,8 +67,15 @@ def apply_grads(opt: torch.optim.Optimizer, grads: list[Tensor]) -> None:
     opt.step()
 
 
-def sgd_step(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor, *,
-             label_smoothing: float = 0.0, extra=None) -> tuple[Tensor, Tensor]:
+def sgd_step(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    x: Tensor,
+    y: Tensor,
+    *,
+    label_smoothing: float = 0.0,
+    extra=None,
+) -> tuple[Tensor, Tensor]:
     """One clean forward-backward; `extra(logits)` is added to the mean CE."""
     opt.zero_grad(set_to_none=True)
     logits = model(x)
@@ -79,9 +86,20 @@ def sgd_step(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor,
     return loss.detach(), logits.detach()
 
 
-def sam_grads(model: nn.Module, params: list[nn.Parameter], x: Tensor, y: Tensor, *, rho: float,
-              adaptive: bool = False, label_smoothing: float = 0.0, bn_update: str = "clean",
-              mask: list[bool] | None = None, beta: float = 1.0, gamma: float = 1.0):
+def sam_grads(
+    model: nn.Module,
+    params: list[nn.Parameter],
+    x: Tensor,
+    y: Tensor,
+    *,
+    rho: float,
+    adaptive: bool = False,
+    label_smoothing: float = 0.0,
+    bn_update: str = "clean",
+    mask: list[bool] | None = None,
+    beta: float = 1.0,
+    gamma: float = 1.0,
+):
     """SAM/ASAM/ESAM descent gradient at the current weights (weights restored afterwards).
 
     Returns (gradients for `params`, clean mean loss, clean logits, chosen sample indices).
@@ -116,8 +134,9 @@ def sam_grads(model: nn.Module, params: list[nn.Parameter], x: Tensor, y: Tensor
     ctx = restored_buffers(model) if bn_update == "clean" else contextlib.nullcontext()
     with ctx:
         out = model(x[chosen_t])
-        descent = torch.autograd.grad(ref_ce(out, y[chosen_t], label_smoothing).mean(), params,
-                                      allow_unused=True)
+        descent = torch.autograd.grad(
+            ref_ce(out, y[chosen_t], label_smoothing).mean(), params, allow_unused=True
+        )
     with torch.no_grad():
         for p, w in zip(chosen_params, originals, strict=True):
             p.copy_(w)
@@ -137,14 +156,35 @@ class RefESAM:
         return [bool(draw[i] < self.beta) for i in range(n_params)]
 
 
-def sam_step(model, opt, x, y, *, rho=0.05, adaptive=False, label_smoothing=0.0, bn_update="clean",
-             esam: RefESAM | None = None, gamma: float = 1.0):
+def sam_step(
+    model,
+    opt,
+    x,
+    y,
+    *,
+    rho=0.05,
+    adaptive=False,
+    label_smoothing=0.0,
+    bn_update="clean",
+    esam: RefESAM | None = None,
+    gamma: float = 1.0,
+):
     params = opt_params(opt)
     mask = esam.mask(len(params)) if esam is not None else None
     beta = esam.beta if esam is not None else 1.0
-    grads, loss, logits, chosen = sam_grads(model, params, x, y, rho=rho, adaptive=adaptive,
-                                            label_smoothing=label_smoothing, bn_update=bn_update,
-                                            mask=mask, beta=beta, gamma=gamma)
+    grads, loss, logits, chosen = sam_grads(
+        model,
+        params,
+        x,
+        y,
+        rho=rho,
+        adaptive=adaptive,
+        label_smoothing=label_smoothing,
+        bn_update=bn_update,
+        mask=mask,
+        beta=beta,
+        gamma=gamma,
+    )
     apply_grads(opt, grads)
     return loss, logits, chosen
 

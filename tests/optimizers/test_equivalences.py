@@ -28,8 +28,9 @@ def _run(name: str, model_kind: str, epochs: int, opt_kind: str = "sgd", **hp):
 @pytest.mark.parametrize("model_kind", ["mlp", "convbn"])
 def test_esam_with_beta_gamma_one_is_sam_bitwise(model_kind: str, bn_update: str) -> None:
     sam_model, _, sam_outs = _run("sam", model_kind, 2, rho=0.3, bn_update=bn_update)
-    esam_model, _, esam_outs = _run("esam", model_kind, 2, rho=0.3, beta=1.0, gamma=1.0, seed=5,
-                                    bn_update=bn_update)
+    esam_model, _, esam_outs = _run(
+        "esam", model_kind, 2, rho=0.3, beta=1.0, gamma=1.0, seed=5, bn_update=bn_update
+    )
     assert_same_state(esam_model, sam_model, exact=True)
     assert_same_outputs_exact(esam_outs, sam_outs)
 
@@ -52,8 +53,10 @@ def test_saf_before_activation_is_sgd_bitwise(model_kind: str) -> None:
 def test_saf_becomes_different_from_sgd_once_active() -> None:
     sgd_model, _, _ = _run("sgd", "mlp", 4)
     saf_model, _, _ = _run("saf", "mlp", 4, **SAF, e_tilde=2, e_start=3, lam=1.0, tau=2.0)
-    diff = max((a - b).abs().max().item() for a, b in zip(saf_model.parameters(), sgd_model.parameters(),
-                                                           strict=True))
+    diff = max(
+        (a - b).abs().max().item()
+        for a, b in zip(saf_model.parameters(), sgd_model.parameters(), strict=True)
+    )
     assert diff > 1e-5
 
 
@@ -86,8 +89,10 @@ def test_mesa_before_e_start_is_sgd_bitwise_and_its_ema_follows_every_step(model
     assert_same_state(mesa.ema, ema, atol=1e-6)
     assert not mesa.ema.training and model.training
     # The average did move: it is not the initial model, nor the current one.
-    assert not torch.allclose(model_state(mesa.ema)[next(iter(ema.state_dict()))],
-                              model_state(MODELS[model_kind]())[next(iter(ema.state_dict()))])
+    assert not torch.allclose(
+        model_state(mesa.ema)[next(iter(ema.state_dict()))],
+        model_state(MODELS[model_kind]())[next(iter(ema.state_dict()))],
+    )
 
 
 @pytest.mark.parametrize("model_kind", ["mlp", "convbn"])
@@ -106,8 +111,9 @@ def test_rho_zero_is_sgd(name: str, model_kind: str) -> None:
     assert_same_state(sam_model, sgd_model, atol=1e-6)
 
 
-@pytest.mark.parametrize("name,hp", [("sam", {}), ("sam", {"adaptive": True}),
-                                     ("esam", {"beta": 0.5, "gamma": 0.5})])
+@pytest.mark.parametrize(
+    "name,hp", [("sam", {}), ("sam", {"adaptive": True}), ("esam", {"beta": 0.5, "gamma": 0.5})]
+)
 def test_two_pass_methods_restore_the_weights_exactly(name: str, hp: dict) -> None:
     """With lr = 0 the base step leaves w alone, so any trace of w + e would show."""
     model = MODELS["convbn"]()
@@ -121,12 +127,15 @@ def test_two_pass_methods_restore_the_weights_exactly(name: str, hp: dict) -> No
 
 
 # ---- BatchNorm buffers in the perturbed passes ------------------------------------------------------
-@pytest.mark.parametrize("name,hp,per_step", [
-    ("sgd", {}, {"clean": 1, "both": 1}),
-    ("sam", {}, {"clean": 1, "both": 2}),
-    ("esam", {"beta": 1.0, "gamma": 1.0}, {"clean": 1, "both": 2}),
-    ("esam", {"beta": 0.5, "gamma": 0.5}, {"clean": 1, "both": 2}),  # the SDS no-grad pass never counts
-])
+@pytest.mark.parametrize(
+    "name,hp,per_step",
+    [
+        ("sgd", {}, {"clean": 1, "both": 1}),
+        ("sam", {}, {"clean": 1, "both": 2}),
+        ("esam", {"beta": 1.0, "gamma": 1.0}, {"clean": 1, "both": 2}),
+        ("esam", {"beta": 0.5, "gamma": 0.5}, {"clean": 1, "both": 2}),  # the SDS no-grad pass never counts
+    ],
+)
 @pytest.mark.parametrize("bn_update", ["clean", "both"])
 def test_bn_buffers_are_updated_only_by_the_passes_the_spec_names(name, hp, per_step, bn_update) -> None:
     model = MODELS["convbn"]()
@@ -162,8 +171,9 @@ class PassRecorder:
         self.calls.append((args[0].detach().clone(), torch.is_grad_enabled()))
 
 
-@pytest.mark.parametrize("gamma,batch", [(0.5, 8), (0.3, 16), (0.01, 8), (0.9, 10), (0.99, 8), (1.0, 8),
-                                         (0.25, 1)])
+@pytest.mark.parametrize(
+    "gamma,batch", [(0.5, 8), (0.3, 16), (0.01, 8), (0.9, 10), (0.99, 8), (1.0, 8), (0.25, 1)]
+)
 def test_esam_second_pass_batch_size_is_ceil_gamma_b(gamma: float, batch: int) -> None:
     model = MODELS["mlp"]()
     x, y = data("mlp", batch)
@@ -196,8 +206,9 @@ def test_esam_sds_selects_the_samples_whose_loss_rose_most(model_kind, beta, gam
     model = MODELS[model_kind]()
     ref_model = twin(model)
     x, y = data(model_kind, 12, seed=seed + 20)
-    method = optimizers.create("esam", model, base_optimizer("sgd", model), rho=0.5, beta=beta, gamma=gamma,
-                               seed=seed)
+    method = optimizers.create(
+        "esam", model, base_optimizer("sgd", model), rho=0.5, beta=beta, gamma=gamma, seed=seed
+    )
     ref_opt = base_optimizer("sgd", ref_model)
     draw = ref.RefESAM(seed, beta)
     recorder = PassRecorder(model)
@@ -219,8 +230,9 @@ def test_esam_sds_on_a_case_with_a_known_answer() -> None:
     x0 = torch.randn(5)
     x = torch.stack([x0, torch.zeros(5), x0, torch.zeros(5), torch.zeros(5), x0, x0, torch.zeros(5)])
     y = torch.tensor([1, 0, 1, 2, 0, 1, 1, 2])
-    method = optimizers.create("esam", model, torch.optim.SGD(model.parameters(), lr=0.1), rho=0.1,
-                               beta=1.0, gamma=0.5)
+    method = optimizers.create(
+        "esam", model, torch.optim.SGD(model.parameters(), lr=0.1), rho=0.1, beta=1.0, gamma=0.5
+    )
     recorder = PassRecorder(model)
     method.step(x, y)
     second = recorder.calls[-1][0]
@@ -236,8 +248,9 @@ def test_esam_draws_tensors_in_param_group_order() -> None:
 
     def groups(m):
         params = list(m.parameters())
-        return torch.optim.SGD([{"params": params[::-1][:3], "lr": 0.05}, {"params": params[::-1][3:]}],
-                               lr=0.1, momentum=0.9)
+        return torch.optim.SGD(
+            [{"params": params[::-1][:3], "lr": 0.05}, {"params": params[::-1][3:]}], lr=0.1, momentum=0.9
+        )
 
     x, y = data("convbn", N)
     opt, ref_opt = groups(model), groups(ref_model)
@@ -247,4 +260,32 @@ def test_esam_draws_tensors_in_param_group_order() -> None:
         for idx in batches:
             method.step(x[idx], y[idx])
             ref.sam_step(ref_model, ref_opt, x[idx], y[idx], rho=0.5, esam=draw, gamma=0.5)
+    assert_same_state(model, ref_model, atol=1e-6)
+
+
+_EMPTY_DRAW_BUG = (
+    "BUG optimizers/sam.py:56: when ESAM's draw selects no tensor, torch._foreach_add_([], []) "
+    "raises 'Tensor list must have at least one tensor' instead of skipping the perturbation"
+)
+
+
+def test_esam_step_where_the_draw_selects_no_tensor_is_an_unperturbed_step() -> None:
+    """A 2-tensor model at beta = 0.5 draws no tensor on 1 step in 4; such a step has e = 0, so its
+    descent gradient is the clean one. gamma = 1 keeps the comparison free of SDS ties (all rises are 0)."""
+    torch.manual_seed(0)
+    model = nn.Linear(6, CLASSES)
+    ref_model = twin(model)
+    x, y = data("mlp", N)
+    plan = schedule(3)
+    preview = ref.RefESAM(0, 0.5)
+    assert any(not any(preview.mask(2)) for _, batches in plan for _ in batches)  # the case does occur
+    method = optimizers.create(
+        "esam", model, base_optimizer("sgd", model), rho=0.5, beta=0.5, gamma=1.0, seed=0
+    )
+    ref_opt = base_optimizer("sgd", ref_model)
+    draw = ref.RefESAM(0, 0.5)
+    for _, batches in plan:
+        for idx in batches:
+            method.step(x[idx], y[idx])
+            ref.sam_step(ref_model, ref_opt, x[idx], y[idx], rho=0.5, esam=draw, gamma=1.0)
     assert_same_state(model, ref_model, atol=1e-6)

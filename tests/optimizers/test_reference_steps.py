@@ -22,9 +22,15 @@ CASES = {
     "esam-bn-both": ("esam", {"rho": 0.2, "beta": 0.7, "gamma": 0.75, "seed": 1, "bn_update": "both"}),
     "esam-one-sample": ("esam", {"rho": 0.2, "beta": 0.9, "gamma": 0.01, "seed": 2}),
     "saf": ("saf", {**SAF, "lam": 0.5, "tau": 2.0, "e_tilde": 1, "e_start": 1}),
-    "saf-etilde2": ("saf", {**SAF, "lam": 1.0, "tau": 3.0, "e_tilde": 2, "e_start": 0, "label_smoothing": 0.1}),
+    "saf-etilde2": (
+        "saf",
+        {**SAF, "lam": 1.0, "tau": 3.0, "e_tilde": 2, "e_start": 0, "label_smoothing": 0.1},
+    ),
     "mesa": ("mesa", {"lam": 0.8, "tau": 2.0, "e_start": 1, "ema_decay": 0.9}),
-    "mesa-smoothing": ("mesa", {"lam": 2.0, "tau": 1.5, "e_start": 2, "ema_decay": 0.5, "label_smoothing": 0.2}),
+    "mesa-smoothing": (
+        "mesa",
+        {"lam": 2.0, "tau": 1.5, "e_start": 2, "ema_decay": 0.5, "label_smoothing": 0.2},
+    ),
 }
 EPOCHS = 4  # 12 steps; saf/mesa are active for the last 2-3 epochs
 
@@ -66,7 +72,11 @@ def test_reference_trajectory_terms_are_active() -> None:
         plan = schedule(EPOCHS)
         with_term, without = MODELS["mlp"](), MODELS["mlp"]()
         run_method(optimizers.create(name, with_term, base_optimizer("sgd", with_term), **hp), x, y, plan)
-        run_method(optimizers.create(name, without, base_optimizer("sgd", without), **{**hp, "lam": 0.0}), x, y, plan)
-        diff = max((a - b).abs().max().item()
-                   for a, b in zip(with_term.parameters(), without.parameters(), strict=True))
+        run_method(
+            optimizers.create(name, without, base_optimizer("sgd", without), **{**hp, "lam": 0.0}), x, y, plan
+        )
+        diff = max(
+            (a - b).abs().max().item()
+            for a, b in zip(with_term.parameters(), without.parameters(), strict=True)
+        )
         assert diff > 1e-4, case

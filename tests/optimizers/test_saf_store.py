@@ -21,27 +21,40 @@ class TargetRecorder:
         self.original = saf_module.trajectory_loss
         self.calls: list[torch.Tensor] = []
 
-    def __call__(self, logits, old_logits, tau):
+    def __call__(self, logits, old_logits, tau, weights=None):
+        # Every sample is seen every epoch in these tests, so every target must exist.
+        assert weights is not None and bool(weights.all())
         self.calls.append(old_logits.detach().clone())
-        return self.original(logits, old_logits, tau)
+        return self.original(logits, old_logits, tau, weights=weights)
 
 
 @pytest.mark.parametrize("model_kind", ["mlp", "convbn"])
 @pytest.mark.parametrize("store_dtype", ["float32", "float16", "bfloat16"])
 @pytest.mark.parametrize("e_tilde,e_start", [(2, 0), (3, 1), (2, 4), (1, 1)])
-def test_each_target_is_the_samples_own_logits_from_e_tilde_epochs_ago(monkeypatch, model_kind, store_dtype,
-                                                                       e_tilde, e_start) -> None:
+def test_each_target_is_the_samples_own_logits_from_e_tilde_epochs_ago(
+    monkeypatch, model_kind, store_dtype, e_tilde, e_start
+) -> None:
     n, batch = 10, 4  # batches of 4, 4, 2: a short last batch too
     epochs = max(e_tilde, e_start) + 3
     model = MODELS[model_kind]()
     x, y = data(model_kind, n)
-    method = optimizers.create("saf", model, base_optimizer("sgd", model), num_samples=n, num_classes=CLASSES,
-                               lam=0.5, tau=2.0, e_tilde=e_tilde, e_start=e_start, store_dtype=store_dtype)
+    method = optimizers.create(
+        "saf",
+        model,
+        base_optimizer("sgd", model),
+        num_samples=n,
+        num_classes=CLASSES,
+        lam=0.5,
+        tau=2.0,
+        e_tilde=e_tilde,
+        e_start=e_start,
+        store_dtype=store_dtype,
+    )
     recorder = TargetRecorder()
     monkeypatch.setattr(saf_module, "trajectory_loss", recorder)
 
     seen: dict[int, dict[int, torch.Tensor]] = {}  # epoch -> sample -> its clean logits that epoch
-    positions: dict[int, dict[int, int]] = {}      # epoch -> sample -> its batch position
+    positions: dict[int, dict[int, int]] = {}  # epoch -> sample -> its batch position
     checked = 0
     for epoch in range(epochs):
         method.set_epoch(epoch)
@@ -69,9 +82,17 @@ def test_each_target_is_the_samples_own_logits_from_e_tilde_epochs_ago(monkeypat
 def test_store_is_sized_n_by_e_tilde_by_c_in_its_dtype() -> None:
     model = MODELS["mlp"]()
     for dtype, size in (("float16", 2), ("bfloat16", 2), ("float32", 4)):
-        method = optimizers.create("saf", model, base_optimizer("sgd", model), num_samples=37, num_classes=CLASSES,
-                                   e_tilde=3, store_dtype=dtype)
-        assert method.extra_metrics()["saf_store_bytes"] == 37 * 3 * CLASSES * size
+        method = optimizers.create(
+            "saf",
+            model,
+            base_optimizer("sgd", model),
+            num_samples=37,
+            num_classes=CLASSES,
+            e_tilde=3,
+            store_dtype=dtype,
+        )
+        # logits in the store's dtype plus the int32 epoch that wrote each row
+        assert method.extra_metrics()["saf_store_bytes"] == 37 * 3 * CLASSES * size + 37 * 3 * 4
 
 
 def test_indices_of_any_integer_dtype_work() -> None:
@@ -80,8 +101,16 @@ def test_indices_of_any_integer_dtype_work() -> None:
     for dtype in (torch.int64, torch.int32):
         model = MODELS["mlp"]()
         x, y = data("mlp", 8)
-        method = optimizers.create("saf", model, base_optimizer("sgd", model), num_samples=8, num_classes=CLASSES,
-                                   e_tilde=1, e_start=1, store_dtype="float32")
+        method = optimizers.create(
+            "saf",
+            model,
+            base_optimizer("sgd", model),
+            num_samples=8,
+            num_classes=CLASSES,
+            e_tilde=1,
+            e_start=1,
+            store_dtype="float32",
+        )
         for epoch in range(3):
             method.set_epoch(epoch)
             for idx in epoch_order(8, 4, epoch):
@@ -89,3 +118,34 @@ def test_indices_of_any_integer_dtype_work() -> None:
         outs[dtype] = [p.detach().clone() for p in model.parameters()]
     for a, b in zip(outs[torch.int64], outs[torch.int32], strict=True):
         assert torch.equal(a, b)
+
+
+def test_a_sample_missing_from_epoch_e_minus_e_tilde_gets_no_target(monkeypatch) -> None:
+    """drop_last leaves samples out of an epoch: their target must be absent, not stale or zero."""
+    seen: list[torch.Tensor] = []
+    original = saf_module.trajectory_loss
+
+    def recording(logits, old, tau, weights=None):
+        seen.append(weights.clone())
+        return original(logits, old, tau, weights=weights)
+
+    monkeypatch.setattr(saf_module, "trajectory_loss", recording)
+    model = MODELS["mlp"]()
+    method = optimizers.create("saf", model, base_optimizer("sgd", model), num_samples=6, num_classes=CLASSES,
+                               e_tilde=1, e_start=1, store_dtype="float32")
+    x, y = data("mlp", 6)
+    method.set_epoch(0)
+    method.step(x[:4], y[:4], torch.arange(4))  # samples 4 and 5 dropped in epoch 0
+    method.set_epoch(1)
+    method.step(x, y, torch.arange(6))
+    assert seen[0].tolist() == [True, True, True, True, False, False]
+
+
+def test_absent_targets_add_nothing_and_the_mean_stays_over_the_batch() -> None:
+    logits, old = torch.randn(4, 5), torch.randn(4, 5)
+    present = torch.tensor([True, False, True, False])
+    tau = 2.0
+    p_old = torch.softmax(old / tau, 1)
+    kl = (p_old * (torch.log_softmax(old / tau, 1) - torch.log_softmax(logits / tau, 1))).sum(1)
+    expected = tau**2 * (kl * present).sum() / 4
+    assert torch.allclose(saf_module.trajectory_loss(logits, old, tau, weights=present), expected, atol=1e-6)

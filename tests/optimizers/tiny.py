@@ -13,17 +13,24 @@ MLP_IN = 6
 
 def mlp(seed: int = 0, hidden: int = 12) -> nn.Module:
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(MLP_IN, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
-                         nn.Linear(hidden, CLASSES))
+    return nn.Sequential(
+        nn.Linear(MLP_IN, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, CLASSES)
+    )
 
 
 def convbn(seed: int = 0) -> nn.Module:
     """Two conv+BatchNorm2d blocks on 3x8x8 inputs."""
     torch.manual_seed(seed)
     return nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
-        nn.Conv2d(4, 6, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(6), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, CLASSES),
+        nn.Conv2d(3, 4, 3, padding=1, bias=False),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Conv2d(4, 6, 3, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, CLASSES),
     )
 
 
@@ -41,7 +48,7 @@ def data(kind: str, n: int, seed: int = 1) -> tuple[Tensor, Tensor]:
 def epoch_order(n: int, batch: int, epoch: int, seed: int = 7) -> list[Tensor]:
     """A loader's index batches for one epoch, shuffled differently every epoch."""
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch))
-    return [perm[i:i + batch] for i in range(0, n, batch)]
+    return [perm[i : i + batch] for i in range(0, n, batch)]
 
 
 def base_optimizer(kind: str, model: nn.Module) -> torch.optim.Optimizer:
@@ -63,21 +70,27 @@ def model_state(model: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def assert_same_state(actual: nn.Module | dict, expected: nn.Module | dict, *, atol: float = 1e-6,
-                      exact: bool = False) -> None:
+def assert_same_state(
+    actual: nn.Module | dict, expected: nn.Module | dict, *, atol: float = 1e-6, exact: bool = False
+) -> None:
     a = actual if isinstance(actual, dict) else model_state(actual)
     e = expected if isinstance(expected, dict) else model_state(expected)
     assert a.keys() == e.keys()
     for k in a:
         if exact or not a[k].is_floating_point():
-            assert torch.equal(a[k], e[k]), f"{k} differs: max abs diff {(a[k].double() - e[k].double()).abs().max()}"
+            assert torch.equal(a[k], e[k]), (
+                f"{k} differs: max abs diff {(a[k].double() - e[k].double()).abs().max()}"
+            )
         else:
             torch.testing.assert_close(a[k], e[k], atol=atol, rtol=0, msg=lambda m, k=k: f"{k}: {m}")
 
 
 def optimizer_state(opt: torch.optim.Optimizer) -> list[dict[str, Tensor]]:
-    return [{k: v.clone() if torch.is_tensor(v) else v for k, v in opt.state[p].items()}
-            for g in opt.param_groups for p in g["params"]]
+    return [
+        {k: v.clone() if torch.is_tensor(v) else v for k, v in opt.state[p].items()}
+        for g in opt.param_groups
+        for p in g["params"]
+    ]
 
 
 def assert_same_optimizer_state(a: list[dict], b: list[dict]) -> None:
