@@ -1,0 +1,39 @@
+"""`safbench` subcommands of the analysis package: `report` (tables, figures, REPORT.md from stored results).
+
+`register` is what bench.cli calls; each subcommand is added by its own `_add_<name>` function so
+more can join without touching the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .report import build_report
+
+    report = build_report(args.results, args.out, args.reference, figures=not args.no_figures)
+    print(f"{report.report}: {len(report.rows)} runs, {len(report.tables)} tables, "
+          f"{len(report.figures)} figures")
+    return 0
+
+
+def _add_report(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "report", help="regenerate tables, figures and REPORT.md from stored results",
+        description="Rebuild the paper's tables (ours beside the published numbers), a table per dataset, "
+                    "figures (PNG and PDF) and REPORT.md from stored run directories / results.csv files "
+                    "only.")
+    p.add_argument("--results", default="results",
+                   help="folder walked for run directories and results.csv files (default: results)")
+    p.add_argument("--out", default=None,
+                   help="where REPORT.md, tables/ and figures/ go (default: --results)")
+    p.add_argument("--reference", default=None,
+                   help="published numbers (default: results/reference/paper_results.csv of this checkout)")
+    p.add_argument("--no-figures", action="store_true", help="tables and REPORT.md only")
+    p.set_defaults(func=_report)
+
+
+def register(subparsers: Any) -> None:
+    _add_report(subparsers)

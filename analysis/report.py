@@ -1,0 +1,694 @@
+"""The report's tables, built only from stored result rows and the reference CSV.
+
+Data flow: result folders -> flat rows (one per run, `load_rows`) -> `prepare` (labels) ->
+`aggregate` (mean ± std over seeds, one row per cell) -> tables (`paper_table`, `dataset_table`)
+-> text (`format_*`, `render_markdown`, `render_latex`). Every step after loading is a pure
+function of DataFrames, so tests can check the numbers against pandas directly. `build_report`
+wires it together with the figures (analysis.plots) and writes REPORT.md.
+
+No number in this module is a result: the paper's values come from paper_results.csv, ours from
+the run directories / results.csv files. A cell without results is shown as missing, never filled.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from bench import io
+from bench.errors import UsageError
+
+REFERENCE_CSV = Path(__file__).resolve().parent.parent / "results" / "reference" / "paper_results.csv"
+REFERENCE_COLUMNS = ("source", "table", "dataset", "model", "method", "top1_acc", "top1_std",
+                     "images_per_s", "throughput_vs_base", "notes")
+PAPER_SOURCE = "SAF"  # reference rows whose source starts with this are the paper's own tables
+MISSING = "—"
+RESULTS_CSV = "results.csv"
+SUMMARY = "summary.json"
+CONFIG = "config.yaml"
+REPORT = "REPORT.md"
+TABLES_DIR = "tables"
+FIGURES_DIR = "figures"
+
+BASE_METHOD = "sgd"  # our name for "the base optimizer alone" (SGD for ResNets, AdamW for ViTs)
+# Display order: base optimizers first, then the methods in the paper's order.
+METHOD_ORDER = ("sgd", "adamw", "sam", "esam", "gsam", "looksam", "saf", "mesa")
+# Config columns that can set two cells of one (model, method) apart; the seed never does.
+CONFIG_COLUMNS = ("optimizer", "epochs", "batch_size", "lr", "momentum", "weight_decay", "nesterov",
+                  "label_smoothing", "schedule", "warmup_epochs", "lr_milestones", "lr_gamma", "bn_update",
+                  "train_subset", "precision", "world_size", "device_name")
+# Throughput is only comparable between runs of the same workload on the same hardware.
+THROUGHPUT_MATCH = ("dataset", "model", "optimizer", "batch_size", "precision", "world_size", "device_name")
+PROVENANCE_COLUMNS = ("git_commit", "torch_version", "python_version", "torchvision_version", "timm_version",
+                      "device_name")
+# (name in the aggregate, row column, scale): accuracies are stored as fractions, shown in %.
+STATS = (("acc", "final_test_acc", 100.0), ("best_acc", "best_test_acc", 100.0),
+         ("img_s", "images_per_s", 1.0), ("wall_s", "wall_s", 1.0), ("train_time_s", "train_time_s", 1.0),
+         ("peak_mem", "peak_mem_bytes", 1.0), ("lambda_max", "lambda_max", 1.0),
+         ("trace", "hessian_trace", 1.0))
+DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet",
+                 "fashionmnist": "Fashion-MNIST", "synthetic": "Synthetic"}
+_SKIP_DIRS = {TABLES_DIR, FIGURES_DIR, "reference", ".grid", "__pycache__"}
+
+
+# ---- loading ------------------------------------------------------------------------------------
+def find_result_folders(root: str | Path) -> list[Path]:
+    """Folders under `root` holding a results.csv or run directories (folders with a summary.json)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UsageError(f"results folder {root} does not exist (pass --results DIR with run directories "
+                         "or results.csv files)")
+    found: set[Path] = set()
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        if SUMMARY in filenames:  # a run directory: its parent is the results folder
+            found.add(here.parent)
+            dirnames.clear()
+            continue
+        if RESULTS_CSV in filenames:
+            found.add(here)
+        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.startswith("."))
+    return sorted(found)
+
+
+def _config_columns(run_dir: Path) -> dict[str, Any]:
+    """Config keys the summary lacks (optimizer, momentum, ...): they can tell cells apart."""
+    try:
+        values = yaml.safe_load((run_dir / CONFIG).read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+    return {k: (str(v) if isinstance(v, list) else v) for k, v in values.items() if k in CONFIG_COLUMNS}
+
+
+def read_folder(folder: Path) -> pd.DataFrame:
+    """The flat rows of one results folder: its run directories, else its results.csv.
+
+    Run directories are read through bench.results (the same rows `safbench grid` writes);
+    results.csv rows whose run directory is gone (e.g. pruned before committing) are kept too.
+    """
+    from bench.results import collect_results
+
+    frame = collect_results(folder)
+    if not frame.empty:
+        frame = frame.copy()
+        frame["run_path"] = [str(folder / name) for name in frame["run_dir"]]
+        extra = [_config_columns(folder / name) for name in frame["run_dir"]]
+        for key in sorted({k for e in extra for k in e} - set(frame.columns)):
+            frame[key] = [e.get(key) for e in extra]
+    csv = folder / RESULTS_CSV
+    if csv.exists():
+        try:
+            stored = pd.read_csv(csv)
+        except (OSError, ValueError, pd.errors.EmptyDataError):
+            stored = pd.DataFrame()
+        if "run_dir" in stored.columns and not stored.empty:
+            names = stored["run_dir"].astype(str).map(lambda s: Path(s).name)
+            have = set(frame["run_dir"]) if not frame.empty else set()
+            stored = stored[~names.isin(have)].copy()
+            stored["run_path"] = None
+            frame = pd.concat([frame, stored], ignore_index=True) if not frame.empty else stored
+    return frame
+
+
+def load_rows(root: str | Path) -> pd.DataFrame:
+    """Every stored run under `root`, one flat row each, with `grid` (its folder, relative to root)."""
+    root = Path(root)
+    frames = []
+    for folder in find_result_folders(root):
+        frame = read_folder(folder)
+        if frame.empty:
+            continue
+        if not folder.is_relative_to(root):  # root is a single run directory
+            frame["grid"] = folder.name
+        else:
+            rel = folder.relative_to(root)
+            frame["grid"] = (Path(root.name) / rel).as_posix() if str(rel) != "." else (root.name or ".")
+        frames.append(frame)
+    frames = [f for f in frames if {"method", "dataset", "model"} <= set(f.columns)]
+    if (root / SUMMARY).exists():  # a single run directory: not its siblings
+        frames = [f[f["run_dir"] == root.name] for f in frames if "run_dir" in f.columns]
+        frames = [f for f in frames if len(f)]
+    if not frames:
+        raise UsageError(f"no results found under {root}: expected run directories (with {SUMMARY}) or "
+                         f"{RESULTS_CSV} files")
+    rows = pd.concat(frames, ignore_index=True)
+    if "status" not in rows.columns:
+        rows["status"] = "finished"
+    rows["status"] = rows["status"].fillna("finished")
+    return rows
+
+
+def load_reference(path: str | Path | None = None) -> pd.DataFrame:
+    """The published numbers with their sources (results/reference/paper_results.csv by default)."""
+    path = Path(path) if path is not None else REFERENCE_CSV
+    try:
+        ref = pd.read_csv(path)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read reference CSV {path}: {str(exc).splitlines()[0]}") from None
+    missing = [c for c in REFERENCE_COLUMNS if c not in ref.columns]
+    if missing:
+        raise UsageError(f"reference CSV {path} lacks column(s) {', '.join(missing)}; "
+                         f"expected {', '.join(REFERENCE_COLUMNS)}")
+    ref["notes"] = ref["notes"].fillna("")
+    return ref
+
+
+# ---- labels -------------------------------------------------------------------------------------
+def paper_tables(reference: pd.DataFrame) -> dict[str, list[str]]:
+    """The paper's tables and their datasets, in the reference CSV's order: {"Table 1": ["imagenet"], ...}."""
+    own = reference[reference["source"].astype(str).str.startswith(PAPER_SOURCE)]
+    tables: dict[str, list[str]] = {}
+    for table, dataset in zip(own["table"], own["dataset"], strict=True):
+        datasets = tables.setdefault(str(table), [])
+        if dataset not in datasets:
+            datasets.append(str(dataset))
+    return tables
+
+
+def _value_text(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "none"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _varies(values: pd.Series) -> bool:
+    return values.map(_value_text).nunique() > 1
+
+
+def _setting_labels(rows: pd.DataFrame) -> pd.Series:
+    """What sets a cell apart from others of the same model and method ("" when nothing does).
+
+    General config columns are compared across all methods of a (table family, model), so an
+    epochs=10 and an epochs=200 grid stay apart for every method; method hyperparameters only
+    within the method (SGD has no rho, which is not a difference).
+    """
+    general = [c for c in CONFIG_COLUMNS if c in rows.columns]
+    hparams = sorted(c for c in rows.columns if c.startswith("hp_"))
+    labels = pd.Series("", index=rows.index, dtype=object)
+    for _, family in rows.groupby(["family", "model_key"], sort=False, dropna=False):
+        varying = [c for c in general if _varies(family[c])]
+        for _, cell in family.groupby("method_label", sort=False, dropna=False):
+            cols = varying + [c for c in hparams if _varies(cell[c])]
+            if cols:
+                labels.loc[cell.index] = [
+                    ", ".join(f"{c.removeprefix('hp_')}={_value_text(r[c])}" for c in cols)
+                    for _, r in cell.iterrows()]
+    return labels
+
+
+def prepare(rows: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
+    """Rows with the keys tables join on: model_key, method_label, family, setting.
+
+    model_key drops the "timm:" prefix so ours match the paper's names; method_label is "adamw" for
+    the base method on an AdamW base (the paper's ViT rows); family is the paper table a dataset
+    belongs to (CIFAR-10 and -100 share Table 3), else the dataset itself.
+    """
+    rows = rows.copy()
+    optimizer = rows["optimizer"] if "optimizer" in rows.columns else pd.Series("sgd", index=rows.index)
+    rows["model_key"] = rows["model"].astype(str).str.removeprefix("timm:")
+    rows["method_label"] = ["adamw" if m == BASE_METHOD and o == "adamw" else m
+                            for m, o in zip(rows["method"], optimizer, strict=True)]
+    family = {d: t for t, ds in paper_tables(reference).items() for d in ds}
+    rows["family"] = [family.get(d, d) for d in rows["dataset"]]
+    rows["setting"] = _setting_labels(rows)
+    return rows
+
+
+# ---- aggregation --------------------------------------------------------------------------------
+CELL_KEYS = ("dataset", "model_key", "method_label", "setting")
+
+
+def _same(a: Any, b: Any) -> bool:
+    return _value_text(a) == _value_text(b)
+
+
+def throughput_share(agg: pd.DataFrame) -> pd.Series:
+    """images/s of each cell over its base optimizer's, measured on the same workload and hardware.
+
+    The base is the base-method cell with the same config (epochs, lr, ...) when there is one, else
+    the mean over base cells of the same workload (config beyond it does not change images/s).
+    """
+    match = [c for c in THROUGHPUT_MATCH if c in agg.columns]
+    config = [c for c in CONFIG_COLUMNS if c in agg.columns]
+    base = agg[agg["method"] == BASE_METHOD]
+    shares = []
+    for _, row in agg.iterrows():
+        same = base[[all(_same(b[c], row[c]) for c in match) for _, b in base.iterrows()]]
+        twin = same[[all(_same(b[c], row[c]) for c in config) for _, b in same.iterrows()]]
+        speeds = (twin if len(twin) else same)["img_s_mean"].dropna()
+        shares.append(row["img_s_mean"] / speeds.mean() if len(speeds) else math.nan)
+    return pd.Series(shares, index=agg.index, dtype=float)
+
+
+def aggregate(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per cell: mean and sample std (ddof=1) over its finished seeds.
+
+    Diverged and failed runs are counted but not averaged (a diverged run's "final" accuracy is
+    that of its last finite epoch, not a result of the full schedule).
+    """
+    out = []
+    for key, g in rows.groupby(list(CELL_KEYS), sort=False, dropna=False):
+        ok = g[g["status"] == "finished"]
+        rec: dict[str, Any] = dict(zip(CELL_KEYS, key, strict=True))
+        rec.update(model=g["model"].iloc[0], method=g["method"].iloc[0], family=g["family"].iloc[0],
+                   n=len(ok), n_diverged=int((g["status"] == "diverged").sum()),
+                   n_failed=int((~g["status"].isin(["finished", "diverged"])).sum()),
+                   seeds=" ".join(str(s) for s in sorted(ok["seed"].tolist())) if "seed" in ok else "",
+                   grids=", ".join(sorted(set(g["grid"].astype(str)))) if "grid" in g else "")
+        for name, col, scale in STATS:
+            values = pd.to_numeric(ok[col], errors="coerce") * scale if col in ok else pd.Series(dtype=float)
+            rec[f"{name}_mean"] = values.mean() if values.notna().any() else math.nan
+            rec[f"{name}_std"] = values.std() if values.notna().sum() > 1 else math.nan
+            rec[f"{name}_n"] = int(values.notna().sum())
+        for c in THROUGHPUT_MATCH + CONFIG_COLUMNS:
+            if c in g.columns and c not in rec:
+                rec[c] = g[c].iloc[0]
+        out.append(rec)
+    agg = pd.DataFrame(out)
+    agg["share"] = throughput_share(agg)
+    rank = _method_rank(agg["method_label"])
+    order = sorted(agg.index, key=lambda i: (agg.at[i, "dataset"], agg.at[i, "model_key"],
+                                             rank[agg.at[i, "method_label"]], agg.at[i, "setting"]))
+    return agg.loc[order].reset_index(drop=True)
+
+
+# ---- tables -------------------------------------------------------------------------------------
+def _order(values: Iterable[str], first: Sequence[str]) -> dict[str, int]:
+    """A sort rank: `first` in its order, then the rest alphabetically."""
+    rest = sorted(set(values) - set(first))
+    return {v: i for i, v in enumerate(list(first) + rest)}
+
+
+def _method_rank(methods: Iterable[str]) -> dict[str, int]:
+    return _order(methods, METHOD_ORDER)
+
+
+def _reference_rows(reference: pd.DataFrame, table: str) -> pd.DataFrame:
+    own = reference["source"].astype(str).str.startswith(PAPER_SOURCE)
+    return reference[own & (reference["table"].astype(str) == table)]
+
+
+def paper_table(agg: pd.DataFrame, reference: pd.DataFrame, table: str) -> pd.DataFrame:
+    """The paper's `table` in its layout: rows model x method (x setting), ours beside the paper's.
+
+    Rows are every (model, method) of the paper's table plus every cell of ours on its datasets;
+    per dataset: n, acc mean/std (%), paper acc (and its ±), acc_diff = ours - paper (points),
+    images/s mean/std, share of the base optimizer, and the paper's images/s and share.
+    """
+    ref = _reference_rows(reference, table)
+    datasets = list(dict.fromkeys(ref["dataset"].astype(str)))
+    ours = agg[agg["dataset"].isin(datasets)]
+    keys = list(dict.fromkeys(zip(ours["model_key"], ours["method_label"], ours["setting"], strict=True)))
+    covered = {(m, k) for m, k, _ in keys}
+    keys += [(m, k, "") for m, k in dict.fromkeys(zip(ref["model"], ref["method"], strict=True))
+             if (m, k) not in covered]
+    model_rank = _order([k[0] for k in keys], list(dict.fromkeys(ref["model"].astype(str))))
+    method_rank = _method_rank(k[1] for k in keys)
+    keys.sort(key=lambda k: (model_rank[k[0]], method_rank[k[1]], k[2]))
+    records = []
+    for model, method, setting in keys:
+        rec: dict[str, Any] = {"model": model, "method": method, "setting": setting}
+        for d in datasets:
+            mine = ours[(ours["dataset"] == d) & (ours["model_key"] == model)
+                        & (ours["method_label"] == method) & (ours["setting"] == setting)]
+            theirs = ref[(ref["dataset"] == d) & (ref["model"] == model) & (ref["method"] == method)]
+            m = mine.iloc[0] if len(mine) else None
+            p = theirs.iloc[0] if len(theirs) else None
+            rec[f"{d}_n"] = int(m["n"]) if m is not None else 0
+            rec[f"{d}_n_diverged"] = int(m["n_diverged"]) if m is not None else 0
+            rec[f"{d}_n_failed"] = int(m["n_failed"]) if m is not None else 0
+            rec[f"{d}_acc_mean"] = m["acc_mean"] if m is not None else math.nan
+            rec[f"{d}_acc_std"] = m["acc_std"] if m is not None else math.nan
+            rec[f"{d}_paper_acc"] = float(p["top1_acc"]) if p is not None else math.nan
+            rec[f"{d}_paper_acc_std"] = float(p["top1_std"]) if p is not None else math.nan
+            rec[f"{d}_acc_diff"] = rec[f"{d}_acc_mean"] - rec[f"{d}_paper_acc"]
+            rec[f"{d}_img_s_mean"] = m["img_s_mean"] if m is not None else math.nan
+            rec[f"{d}_img_s_std"] = m["img_s_std"] if m is not None else math.nan
+            rec[f"{d}_share"] = m["share"] if m is not None else math.nan
+            rec[f"{d}_paper_img_s"] = float(p["images_per_s"]) if p is not None else math.nan
+            rec[f"{d}_paper_share"] = float(p["throughput_vs_base"]) if p is not None else math.nan
+            rec[f"{d}_paper_notes"] = str(p["notes"]) if p is not None else ""
+        records.append(rec)
+    return pd.DataFrame(records)
+
+
+def outside_reference(reference: pd.DataFrame, dataset: str, tables: dict[str, list[str]]) -> pd.DataFrame:
+    """Published rows for `dataset` that no paper table of ours shows (e.g. SAM's Fashion-MNIST rows)."""
+    rows = reference[reference["dataset"] == dataset]
+    own = rows["source"].astype(str).str.startswith(PAPER_SOURCE)
+    return rows[~(own & rows["table"].isin(list(tables)))].reset_index(drop=True)
+
+
+def dataset_table(agg: pd.DataFrame, reference: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    """Every cell of ours on `dataset`: accuracy, throughput, cost, λ_max and trace (mean and std).
+
+    ref_acc / acc_diff_ref join an outside reference row of the same model and method, if any.
+    """
+    tables = paper_tables(reference)
+    ref = outside_reference(reference, dataset, tables)
+    ours = agg[agg["dataset"] == dataset].copy()
+    model_rank = _order(ours["model_key"], [])
+    method_rank = _method_rank(ours["method_label"])
+    keys = zip(ours["model_key"], ours["method_label"], ours["setting"], strict=True)
+    ours["_rank"] = [(model_rank[m], method_rank[k], s) for m, k, s in keys]
+    ours = ours.sort_values("_rank").drop(columns="_rank")
+    records = []
+    for _, r in ours.iterrows():
+        rec = {"model": r["model_key"], "method": r["method_label"], "setting": r["setting"],
+               "n": int(r["n"]), "n_diverged": int(r["n_diverged"]), "n_failed": int(r["n_failed"]),
+               "seeds": r["seeds"]}
+        for name in ("acc", "best_acc", "img_s", "wall_s", "train_time_s", "lambda_max", "trace"):
+            rec[f"{name}_mean"], rec[f"{name}_std"] = r[f"{name}_mean"], r[f"{name}_std"]
+        rec["share"] = r["share"]
+        match = ref[(ref["model"] == r["model_key"]) & (ref["method"] == r["method_label"])]
+        first = match.iloc[0] if len(match) else None
+        rec["ref_acc"] = float(first["top1_acc"]) if first is not None else math.nan
+        rec["ref_acc_std"] = float(first["top1_std"]) if first is not None else math.nan
+        rec["ref_source"] = str(first["source"]) if first is not None else ""
+        rec["acc_diff_ref"] = rec["acc_mean"] - rec["ref_acc"]
+        rec["grids"] = r["grids"]
+        records.append(rec)
+    return pd.DataFrame(records)
+
+
+# ---- text ---------------------------------------------------------------------------------------
+def _missing(x: Any) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def fmt_pm(mean: Any, std: Any, digits: int = 2) -> str:
+    """"mean ± std", just "mean" without a std (one seed), the missing mark without a mean."""
+    if _missing(mean):
+        return MISSING
+    if _missing(std):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def fmt_speed(mean: Any, std: Any = math.nan) -> str:
+    digits = 0 if not _missing(mean) and abs(mean) >= 100 else 1
+    return fmt_pm(mean, std, digits)
+
+
+def fmt_sig(mean: Any, std: Any = math.nan) -> str:
+    """Hessian quantities span orders of magnitude: 4 significant digits, std to 2."""
+    if _missing(mean):
+        return MISSING
+    return f"{mean:.4g}" if _missing(std) else f"{mean:.4g} ± {std:.2g}"
+
+
+def fmt_time(mean: Any, std: Any = math.nan) -> str:
+    """Seconds: one decimal from 10 s up, more below so that tiny runs do not all read 0.0."""
+    digits = 1 if _missing(mean) or abs(mean) >= 10 else 2 if abs(mean) >= 1 else 3
+    return fmt_pm(mean, std, digits)
+
+
+def fmt_diff(x: Any) -> str:
+    return MISSING if _missing(x) else f"{x:+.2f}"
+
+
+def fmt_share(x: Any) -> str:
+    return MISSING if _missing(x) else f"{x:.3f}"
+
+
+def fmt_seeds(n: Any, n_diverged: Any = 0, n_failed: Any = 0) -> str:
+    text = str(int(n)) if not _missing(n) else "0"
+    extra = [f"{int(v)} {what}" for v, what in ((n_diverged, "diverged"), (n_failed, "failed"))
+             if not _missing(v) and v]
+    return f"{text} (+{', '.join(extra)})" if extra else text
+
+
+def dataset_name(dataset: str) -> str:
+    return DATASET_NAMES.get(dataset, dataset)
+
+
+def _pairs(fmt: Any, means: Iterable[Any], stds: Iterable[Any]) -> list[str]:
+    return [fmt(m, s) for m, s in zip(means, stds, strict=True)]
+
+
+def format_paper_table(table: pd.DataFrame) -> pd.DataFrame:
+    """paper_table's numbers as the strings of the markdown/LaTeX table (one column group per dataset)."""
+    datasets = [c.removesuffix("_acc_mean") for c in table.columns if c.endswith("_acc_mean")]
+    cols: dict[str, list[str]] = {"Model": list(table["model"]), "Method": list(table["method"])}
+    if table["setting"].astype(bool).any():
+        cols["Setting"] = list(table["setting"])
+    for d in datasets:
+        name = dataset_name(d)
+        t = {k.removeprefix(f"{d}_"): table[k] for k in table.columns if k.startswith(f"{d}_")}
+        cols[f"{name} seeds"] = [fmt_seeds(*v) if any(v) else MISSING
+                                 for v in zip(t["n"], t["n_diverged"], t["n_failed"], strict=True)]
+        cols[f"{name} acc (%)"] = _pairs(fmt_pm, t["acc_mean"], t["acc_std"])
+        cols[f"{name} paper acc (%)"] = _pairs(fmt_pm, t["paper_acc"], t["paper_acc_std"])
+        cols[f"{name} Δ acc"] = [fmt_diff(x) for x in t["acc_diff"]]
+        cols[f"{name} img/s"] = _pairs(fmt_speed, t["img_s_mean"], t["img_s_std"])
+        cols[f"{name} share of base"] = [fmt_share(x) for x in t["share"]]
+        cols[f"{name} paper img/s"] = [fmt_speed(x) for x in t["paper_img_s"]]
+        cols[f"{name} paper share"] = [fmt_share(x) for x in t["paper_share"]]
+    return pd.DataFrame(cols)
+
+
+def paper_notes(table: pd.DataFrame) -> list[str]:
+    """The reference CSV's notes for the rows shown ("resnet50 / esam, ImageNet: accuracy quoted ...")."""
+    notes = []
+    for c in [c for c in table.columns if c.endswith("_paper_notes")]:
+        d = c.removesuffix("_paper_notes")
+        for _, r in table.iterrows():
+            if r[c]:
+                notes.append(f"{r['model']} / {r['method']}, {dataset_name(d)}: {r[c]}")
+    return notes
+
+
+def format_dataset_table(table: pd.DataFrame) -> pd.DataFrame:
+    """dataset_table's numbers as display strings; λ_max, trace and reference columns only when present."""
+    cols: dict[str, list[str]] = {"Model": list(table["model"]), "Method": list(table["method"])}
+    if table["setting"].astype(bool).any():
+        cols["Setting"] = list(table["setting"])
+    counts = zip(table["n"], table["n_diverged"], table["n_failed"], strict=True)
+    cols["Seeds"] = [fmt_seeds(*v) for v in counts]
+    cols["Test acc (%)"] = _pairs(fmt_pm, table["acc_mean"], table["acc_std"])
+    cols["Best acc (%)"] = _pairs(fmt_pm, table["best_acc_mean"], table["best_acc_std"])
+    cols["Images/s"] = _pairs(fmt_speed, table["img_s_mean"], table["img_s_std"])
+    cols["Share of base"] = [fmt_share(x) for x in table["share"]]
+    cols["Train time (s)"] = _pairs(fmt_time, table["train_time_s_mean"], table["train_time_s_std"])
+    if table["lambda_max_mean"].notna().any():
+        cols["λ_max"] = _pairs(fmt_sig, table["lambda_max_mean"], table["lambda_max_std"])
+    if table["trace_mean"].notna().any():
+        cols["Hessian trace"] = _pairs(fmt_sig, table["trace_mean"], table["trace_std"])
+    if table["ref_acc"].notna().any():
+        cols["Ref. acc (%)"] = _pairs(fmt_pm, table["ref_acc"], table["ref_acc_std"])
+        cols["Δ vs ref."] = [fmt_diff(x) for x in table["acc_diff_ref"]]
+    return pd.DataFrame(cols)
+
+
+def format_reference(ref: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({
+        "Source": list(ref["source"]), "Table": list(ref["table"]), "Model": list(ref["model"]),
+        "Method": list(ref["method"]),
+        "Acc (%)": _pairs(fmt_pm, ref["top1_acc"], ref["top1_std"]),
+        "Images/s": [fmt_speed(x) for x in ref["images_per_s"]], "Notes": list(ref["notes"])})
+
+
+def render_markdown(table: pd.DataFrame) -> str:
+    """A GitHub-flavoured pipe table (no tabulate dependency); '|' inside cells is escaped."""
+    def cell(x: Any) -> str:
+        return str(x).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(cell(c) for c in table.columns) + " |",
+             "|" + "|".join("---" for _ in table.columns) + "|"]
+    lines += ["| " + " | ".join(cell(x) for x in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+_LATEX_SYMBOLS = {"±": r"$\pm$", "—": "---", "Δ": r"$\Delta$", "λ": r"$\lambda$", "×": r"$\times$"}
+
+
+def latex_escape(text: Any) -> str:
+    # λ_max is a symbol with a subscript, not an escaped underscore.
+    parts = ["".join(_LATEX_SPECIAL.get(ch, ch) for ch in piece) for piece in str(text).split("λ_max")]
+    out = r"$\lambda_{\max}$".join(parts)
+    for symbol, command in _LATEX_SYMBOLS.items():
+        out = out.replace(symbol, command)
+    return out
+
+
+def render_latex(table: pd.DataFrame, caption: str, label: str) -> str:
+    """A booktabs table environment; numbers right-aligned, names left-aligned."""
+    align = "".join("l" if c in ("Model", "Method", "Setting", "Source", "Table", "Notes") else "r"
+                    for c in table.columns)
+    lines = [r"\begin{table}[t]", r"\centering", r"\small", rf"\caption{{{latex_escape(caption)}}}",
+             rf"\label{{{label}}}", rf"\begin{{tabular}}{{{align}}}", r"\toprule",
+             " & ".join(latex_escape(c) for c in table.columns) + r" \\", r"\midrule"]
+    lines += [" & ".join(latex_escape(x) for x in row) + r" \\" for row in table.itertuples(index=False)]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
+# ---- the report ---------------------------------------------------------------------------------
+@dataclass
+class TableFile:
+    """One table as written: its title, the markdown shown in REPORT.md and the files."""
+
+    title: str
+    markdown: str
+    files: dict[str, Path]  # "md", "tex", "csv"
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Report:
+    out: Path
+    report: Path
+    tables: list[TableFile]
+    figures: list[Any]  # analysis.plots.FigureFile
+    rows: pd.DataFrame
+
+
+def _check_out(out: Path) -> None:
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"output folder {out} is not writable ({existing} is not a writable directory)")
+
+
+def _write_table(out: Path, stem: str, title: str, numbers: pd.DataFrame, shown: pd.DataFrame,
+                 extra_md: str = "", notes: Sequence[str] = ()) -> TableFile:
+    folder = out / TABLES_DIR
+    md = f"### {title}\n\n{render_markdown(shown)}"
+    if notes:
+        md += "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+    md += extra_md
+    files = {"md": folder / f"{stem}.md", "tex": folder / f"{stem}.tex", "csv": folder / f"{stem}.csv"}
+    io.write_text(files["md"], md)
+    io.write_text(files["tex"], render_latex(shown, title, f"tab:{stem}"))
+    io.write_csv(files["csv"], numbers)
+    return TableFile(title, md, files, list(notes))
+
+
+def build_tables(rows: pd.DataFrame, agg: pd.DataFrame, reference: pd.DataFrame,
+                 out: Path) -> list[TableFile]:
+    """Write the paper's tables, one table per dataset, and the machine-readable aggregates."""
+    tables = paper_tables(reference)
+    written = []
+    # Tables with results of ours first: they are what the report is about.
+    order = sorted(tables, key=lambda t: (not agg["dataset"].isin(tables[t]).any(), list(tables).index(t)))
+    for name in order:
+        numbers = paper_table(agg, reference, name)
+        title = f"Paper {name} ({', '.join(dataset_name(d) for d in tables[name])}): ours vs the paper"
+        written.append(_write_table(out, f"paper_{slug(name)}", title, numbers, format_paper_table(numbers),
+                                    notes=paper_notes(numbers)))
+    datasets = list(dict.fromkeys(rows["dataset"].astype(str)))
+    for d in sorted(datasets, key=lambda d: (d in {x for ds in tables.values() for x in ds}, d)):
+        numbers = dataset_table(agg, reference, d)
+        extra = ""
+        ref = outside_reference(reference, d, tables)
+        if len(ref):
+            extra = "\nOutside reference (published numbers, different setups):\n\n" + \
+                render_markdown(format_reference(ref))
+        grids = sorted({g for gs in numbers["grids"] for g in str(gs).split(", ") if g})
+        title = f"{dataset_name(d)}: every method (from {', '.join(grids)})"
+        written.append(_write_table(out, f"dataset_{slug(d)}", title, numbers, format_dataset_table(numbers),
+                                    extra_md=extra))
+    io.write_csv(out / TABLES_DIR / "cells.csv", agg)
+    io.write_csv(out / TABLES_DIR / "runs.csv", rows)
+    return written
+
+
+def provenance_lines(rows: pd.DataFrame) -> list[str]:
+    """Deduplicated commands, commits, versions and devices behind the rows, with run counts."""
+    lines = []
+    for col in PROVENANCE_COLUMNS:
+        if col not in rows.columns:
+            continue
+        counts = rows[col].fillna("unknown").astype(str).value_counts(sort=False)
+        lines.append(f"- {col}: " + "; ".join(f"`{v}` ({n} runs)" for v, n in counts.items()))
+    return lines
+
+
+def commands(rows: pd.DataFrame) -> list[str]:
+    if "command" not in rows.columns:
+        return []
+    return list(dict.fromkeys(str(c) for c in rows["command"].dropna() if str(c)))
+
+
+def _rel(path: Path, start: Path) -> str:
+    return Path(os.path.relpath(path, start)).as_posix()
+
+
+def report_markdown(report_dir: Path, rows: pd.DataFrame, tables: Sequence[TableFile],
+                    figures: Sequence[Any], regenerate: str, reference: Path) -> str:
+    status = rows["status"].value_counts()
+    parts = [
+        "# safbench report\n",
+        f"Generated from {len(rows)} stored runs ({', '.join(f'{n} {s}' for s, n in status.items())}) in "
+        + ", ".join(f"`{g}`" for g in sorted(set(rows['grid'].astype(str)))) + ". "
+        "Every number comes from the stored rows (mean ± sample std over finished seeds; accuracy is the "
+        f"final test accuracy in %); the published numbers come from `{reference}`. A missing cell is shown "
+        f"as {MISSING}; diverged and failed runs are counted, not averaged.\n",
+        "## How to regenerate\n",
+        f"```\n{regenerate}\n```\n",
+        "Re-running the commands listed under Provenance recreates the underlying runs.\n",
+        "## Tables\n",
+    ]
+    for t in tables:
+        links = " · ".join(f"[{kind}]({_rel(p, report_dir)})" for kind, p in t.files.items())
+        parts.append(t.markdown + f"\nFiles: {links}\n")
+    parts.append("## Figures\n")
+    if not figures:
+        parts.append("No figures (nothing to plot, or --no-figures).\n")
+    for f in figures:
+        png, pdf = _rel(f.png, report_dir), _rel(f.pdf, report_dir)
+        parts.append(f"### {f.title}\n\n![{f.title}]({png})\n\n"
+                     f"{f.caption} Files: [PNG]({png}) · [PDF]({pdf})\n")
+    parts.append("## Provenance\n")
+    cmds = commands(rows)
+    parts.append("Commands that made the runs (deduplicated):\n")
+    parts.append("```\n" + ("\n".join(cmds) if cmds else "(no command recorded)") + "\n```\n")
+    parts.append("\n".join(provenance_lines(rows)) + "\n")
+    parts.append(f"Aggregates: [cells.csv]({_rel(report_dir / TABLES_DIR / 'cells.csv', report_dir)}) · "
+                 f"rows: [runs.csv]({_rel(report_dir / TABLES_DIR / 'runs.csv', report_dir)})\n")
+    return "\n".join(parts)
+
+
+def build_report(results: str | Path = "results", out: str | Path | None = None,
+                 reference: str | Path | None = None, *, figures: bool = True,
+                 regenerate: str | None = None) -> Report:
+    """Read every stored run under `results`, write tables, figures and REPORT.md into `out`."""
+    results = Path(results)
+    out = Path(out) if out is not None else results
+    ref_path = Path(reference) if reference is not None else REFERENCE_CSV
+    reference_frame = load_reference(ref_path)
+    rows = prepare(load_rows(results), reference_frame)
+    _check_out(out)
+    (out / TABLES_DIR).mkdir(parents=True, exist_ok=True)
+    agg = aggregate(rows)
+    tables = build_tables(rows, agg, reference_frame, out)
+    made = []
+    if figures:
+        from . import plots
+
+        made = plots.make_figures(rows, agg, out / FIGURES_DIR)
+    # Rebuilt from the arguments rather than sys.argv: the same line whoever called us.
+    regenerate = regenerate or f"safbench report --results {results} --out {out}" + (
+        f" --reference {reference}" if reference is not None else "") + ("" if figures else " --no-figures")
+    path = out / REPORT
+    shown_ref = _rel(ref_path, Path.cwd()) if ref_path.is_absolute() and ref_path.is_relative_to(Path.cwd()) \
+        else ref_path
+    io.write_text(path, report_markdown(out, rows, tables, made, regenerate, shown_ref))
+    return Report(out, path, tables, made, rows)

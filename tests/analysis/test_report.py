@@ -1,0 +1,386 @@
+"""`safbench report` on a results folder built from tiny real runs.
+
+The numbers in the tables are checked against pandas aggregates recomputed here straight from the
+run directories' summary.json / hessian.json files (not through the report's loader), and the
+paper's numbers against edits of a copy of the reference CSV.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import torch
+
+from analysis import report as rp
+from bench.cli import main
+from bench.config import RunConfig
+from bench.run import run
+from tests.bench.conftest import write_cifar10, write_fashionmnist
+
+HAS_FLATNESS = importlib.util.find_spec("analysis.flatness") is not None
+NO_FLATNESS = "analysis.flatness (Hessian and landscape files of a run) is not available"
+TINY = {"model": "mlp_tiny", "batch_size": 32, "train_subset": 64, "device": "cpu", "num_workers": 0,
+        "progress": False}
+SAF = {"e_tilde": 1, "e_start": 1}  # SAF's trajectory loss from the second epoch on
+
+
+@dataclass
+class Built:
+    results: Path
+    out: Path
+    report: rp.Report
+    commands: list[str]
+
+
+def _command(values: dict[str, Any]) -> str:
+    """The `safbench run` line equivalent to a config dict (what the CLI would have recorded)."""
+    flags = []
+    for k, v in values.items():
+        if k in ("progress", "hessian_epochs", "hessian"):
+            continue
+        flags.append(f"--{k.replace('_', '-')} {v}")
+    return "safbench run " + " ".join(flags)
+
+
+def _run(values: dict[str, Any], commands: list[str]) -> None:
+    command = _command(values)
+    commands.append(command)
+    run(RunConfig.from_dict(values), command=command)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors on shared cores: extra threads only wait
+    try:
+        return _build(tmp_path_factory.mktemp("report"))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _build(tmp: Path) -> Built:
+    results, commands = tmp / "results", []
+    hessian = {"hessian": True, "hessian_epochs": [0], "hessian_samples": 32} if HAS_FLATNESS else {}
+    for method in ("sgd", "sam", "saf"):
+        for seed in (0, 1):
+            _run({**TINY, **hessian, **(SAF if method == "saf" else {}), "method": method,
+                  "dataset": "synthetic", "epochs": 2, "seed": seed, "out": str(results / "synthetic")},
+                 commands)
+    # A second grid on the same dataset with fewer epochs: a different cell, never merged with the first.
+    _run({**TINY, "method": "sgd", "dataset": "synthetic", "epochs": 1, "seed": 0,
+          "out": str(results / "synthetic-short")}, commands)
+    cifar = write_cifar10(tmp / "cifar-data").root
+    for method in ("sgd", "saf"):
+        _run({**TINY, **(SAF if method == "saf" else {}), "method": method, "dataset": "cifar10", "epochs": 2,
+              "batch_size": 16, "train_subset": 32, "data_root": str(cifar), "out": str(results / "cifar10")},
+             commands)
+    fashion = tmp / "fashion-data"
+    write_fashionmnist(fashion, gz=True)
+    _run({**TINY, "method": "sgd", "dataset": "fashionmnist", "epochs": 1, "batch_size": 16,
+          "train_subset": 32, "data_root": str(fashion), "out": str(results / "fashionmnist")}, commands)
+    if HAS_FLATNESS:
+        from analysis.flatness import landscape_for_run_dir
+
+        seed0 = {d.name.split("-")[2]: d for d in (results / "synthetic").iterdir() if "-s0-" in d.name}
+        for d in seed0.values():
+            landscape_for_run_dir(d, dim=1, samples=32, resolution=7, device="cpu")
+            landscape_for_run_dir(d, dim=2, samples=32, resolution=5, device="cpu")
+        landscape_for_run_dir(seed0["sgd"], line_to=seed0["saf"], samples=32, resolution=7, device="cpu")
+    out = tmp / "report"
+    return Built(results, out, rp.build_report(results, out), commands)
+
+
+# ---- independent recomputation ------------------------------------------------------------------
+def _summaries(folder: Path) -> pd.DataFrame:
+    """One row per run straight from its files: summary.json, config.yaml's epochs, hessian.json."""
+    recs = []
+    for path in sorted(folder.rglob("summary.json")):
+        s = json.loads(path.read_text())
+        rec = {k: s[k] for k in ("method", "dataset", "model", "seed", "epochs", "final_test_acc",
+                                 "best_test_acc", "images_per_s", "train_time_s", "command", "status")}
+        h = path.parent / "hessian.json"
+        if h.exists():
+            hj = json.loads(h.read_text())
+            rec.update(lambda_max=hj["lambda_max"], trace=hj["trace"])
+        recs.append(rec)
+    return pd.DataFrame(recs)
+
+
+def _numbers(text: str) -> list[float]:
+    return [float(x) for x in re.findall(r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?", text)]
+
+
+def _md_rows(path: Path) -> list[dict[str, str]]:
+    """The first pipe table of a markdown file as dicts (header -> cell)."""
+    lines = [ln for ln in path.read_text().splitlines() if ln.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    table = []
+    for ln in lines[2:]:
+        cells = [c.strip() for c in ln.strip("|").split("|")]
+        if len(cells) != len(header):
+            break  # the next table (outside reference) starts
+        table.append(dict(zip(header, cells, strict=True)))
+    return table
+
+
+def _close(shown: str, value: float, digits: int) -> None:
+    got = _numbers(shown)
+    assert got, f"no number in {shown!r}"
+    assert got[0] == pytest.approx(value, abs=0.51 * 10 ** -digits), (shown, value)
+
+
+# ---- files and links ----------------------------------------------------------------------------
+TABLES = ("paper_table_3", "paper_table_1", "dataset_synthetic", "dataset_cifar10", "dataset_fashionmnist")
+FIGURES = ("throughput_synthetic", "cost_synthetic", "accuracy_epochs_synthetic", "throughput_cifar10",
+           "cost_cifar10", "accuracy_epochs_cifar10", "throughput_fashionmnist",
+           "accuracy_epochs_fashionmnist")
+FLATNESS_FIGURES = ("lambda_max_synthetic", "landscape_synthetic_mlp_tiny",
+                    "interpolation_synthetic_mlp_tiny")
+
+
+def test_report_writes_every_table_and_figure(built: Built) -> None:
+    for stem in TABLES:
+        for ext in ("md", "tex", "csv"):
+            path = built.out / "tables" / f"{stem}.{ext}"
+            assert path.stat().st_size > 0, path
+    assert (built.out / "tables" / "cells.csv").stat().st_size > 0
+    figures = FIGURES + (FLATNESS_FIGURES if HAS_FLATNESS else ())
+    for stem in figures:
+        png, pdf = built.out / "figures" / f"{stem}.png", built.out / "figures" / f"{stem}.pdf"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+        assert pdf.read_bytes()[:5] == b"%PDF-", pdf
+        assert png.stat().st_size > 1000 and pdf.stat().st_size > 1000
+    assert not list(built.out.rglob(".*.tmp")), "a temporary file was left behind"
+
+
+@pytest.mark.skipif(not HAS_FLATNESS, reason=NO_FLATNESS)
+def test_flatness_figures_come_from_the_run_files(built: Built) -> None:
+    made = {f.png.stem for f in built.report.figures}
+    assert set(FLATNESS_FIGURES) <= made
+    # No Hessian or landscape was measured on CIFAR-10: no such figure is invented for it.
+    assert not {f for f in made if f.endswith("cifar10") and f.startswith(("lambda", "landscape", "interp"))}
+
+
+def test_report_md_links_every_file_and_lists_commands(built: Built) -> None:
+    text = built.report.report.read_text()
+    links = set(re.findall(r"\]\(([^)]+)\)", text))
+    for target in links:
+        assert (built.out / target).is_file(), target
+    generated = {p.relative_to(built.out).as_posix() for p in (built.out / "tables").iterdir()}
+    generated |= {p.relative_to(built.out).as_posix() for p in (built.out / "figures").iterdir()}
+    assert generated <= links, generated - links
+    for command in built.commands:
+        assert command in text
+    assert text.count(built.commands[0]) == 1  # deduplicated
+    rows = _summaries(built.results)
+    assert len(rows) == len(built.commands)
+    first = json.loads(next(built.results.rglob("summary.json")).read_text())
+    for key in ("git_commit", "torch_version", "device_name"):
+        assert first[key] in text
+    assert "safbench report --results" in text  # how to regenerate
+
+
+# ---- numbers ------------------------------------------------------------------------------------
+def test_dataset_table_equals_pandas_aggregates(built: Built) -> None:
+    runs = _summaries(built.results)
+    runs = runs[runs["dataset"] == "synthetic"]
+    g = runs.groupby(["method", "epochs"])
+    acc = g["final_test_acc"].agg(["mean", "std"]) * 100
+    speed = g["images_per_s"].agg(["mean", "std"])
+    # Each cell's base: the SGD cell of the same config.
+    base = speed.loc["sgd", "mean"]
+    csv = pd.read_csv(built.out / "tables" / "dataset_synthetic.csv", keep_default_na=False, na_values=[""])
+    md = _md_rows(built.out / "tables" / "dataset_synthetic.md")
+    assert len(csv) == len(md) == len(acc) == 4
+    for (_, c), m in zip(csv.iterrows(), md, strict=True):
+        epochs = int(re.search(r"epochs=(\d+)", c["setting"]).group(1))
+        key = (c["method"], epochs)
+        assert c["n"] == g.size()[key]
+        assert c["acc_mean"] == pytest.approx(acc.loc[key, "mean"], rel=1e-12)
+        assert c["img_s_mean"] == pytest.approx(speed.loc[key, "mean"], rel=1e-12)
+        assert c["share"] == pytest.approx(speed.loc[key, "mean"] / base[epochs], rel=1e-12)
+        _close(m["Test acc (%)"], acc.loc[key, "mean"], 2)
+        _close(m["Share of base"], speed.loc[key, "mean"] / base[epochs], 3)
+        _close(m["Images/s"], speed.loc[key, "mean"], 0)
+        if g.size()[key] > 1:
+            assert c["acc_std"] == pytest.approx(acc.loc[key, "std"], rel=1e-12)
+            shown_std = _numbers(m["Test acc (%)"].split("±")[1])[0]
+            assert shown_std == pytest.approx(acc.loc[key, "std"], abs=0.0051)
+        else:
+            assert "±" not in m["Test acc (%)"] and math.isnan(c["acc_std"])
+    order = [m["Method"] for m in md]
+    assert order.index("sgd") < order.index("sam") < order.index("saf")
+
+
+def test_cells_of_different_grids_stay_apart(built: Built) -> None:
+    md = _md_rows(built.out / "tables" / "dataset_synthetic.md")
+    settings = sorted((m["Method"], m["Setting"]) for m in md)
+    assert settings == [("saf", "epochs=2"), ("sam", "epochs=2"), ("sgd", "epochs=1"), ("sgd", "epochs=2")]
+    seeds = {(m["Method"], m["Setting"]): m["Seeds"] for m in md}
+    assert seeds[("sgd", "epochs=1")] == "1" and seeds[("sgd", "epochs=2")] == "2"
+
+
+@pytest.mark.skipif(not HAS_FLATNESS, reason=NO_FLATNESS)
+def test_hessian_columns_equal_pandas_aggregates(built: Built) -> None:
+    runs = _summaries(built.results)
+    runs = runs[runs["lambda_max"].notna()]
+    stats = runs.groupby("method")[["lambda_max", "trace"]].agg(["mean", "std"])
+    csv = pd.read_csv(built.out / "tables" / "dataset_synthetic.csv")
+    md = {(m["Method"], m["Setting"]): m for m in _md_rows(built.out / "tables" / "dataset_synthetic.md")}
+    for method in ("sgd", "sam", "saf"):
+        c = csv[(csv["method"] == method) & (csv["setting"] == "epochs=2")].iloc[0]
+        for name, column in (("lambda_max", "λ_max"), ("trace", "Hessian trace")):
+            assert c[f"{name}_mean"] == pytest.approx(stats.loc[method, (name, "mean")], rel=1e-12)
+            assert c[f"{name}_std"] == pytest.approx(stats.loc[method, (name, "std")], rel=1e-12)
+            shown = _numbers(md[(method, "epochs=2")][column])
+            # Shown to 4 significant digits.
+            assert shown[0] == pytest.approx(stats.loc[method, (name, "mean")], rel=1e-3)
+    assert md[("sgd", "epochs=1")]["λ_max"] == rp.MISSING  # that run measured none
+
+
+def test_paper_table_shows_missing_cells_as_missing(built: Built) -> None:
+    md = _md_rows(built.out / "tables" / "paper_table_3.md")
+    by_key = {(m["Model"], m["Method"]): m for m in md}
+    ref = rp.load_reference()
+    paper = ref[(ref["table"] == "Table 3") & ref["source"].str.startswith("SAF")]
+    # Every (model, method) of the paper is a row, with the paper's numbers and none of ours.
+    for _, p in paper.iterrows():
+        row = by_key[(p["model"], p["method"])]
+        name = rp.dataset_name(p["dataset"])
+        _close(row[f"{name} paper acc (%)"], p["top1_acc"], 2)
+        _close(row[f"{name} paper img/s"], p["images_per_s"], 0)
+        for col in ("seeds", "acc (%)", "Δ acc", "img/s", "share of base"):
+            assert row[f"{name} {col}"] == rp.MISSING
+    # Ours on CIFAR-10 (mlp_tiny): our numbers, the paper's missing, CIFAR-100 entirely missing.
+    runs = _summaries(built.results)
+    ours = runs[runs["dataset"] == "cifar10"].set_index("method")
+    for method in ("sgd", "saf"):
+        row = by_key[("mlp_tiny", method)]
+        _close(row["CIFAR-10 acc (%)"], 100 * ours.loc[method, "final_test_acc"], 2)
+        assert row["CIFAR-10 paper acc (%)"] == row["CIFAR-10 Δ acc"] == rp.MISSING
+        assert all(v == rp.MISSING for k, v in row.items() if k.startswith("CIFAR-100"))
+    imagenet = _md_rows(built.out / "tables" / "paper_table_1.md")
+    assert {m["ImageNet acc (%)"] for m in imagenet} == {rp.MISSING}
+    assert ("vit_small_patch32_224", "adamw") in {(m["Model"], m["Method"]) for m in imagenet}
+
+
+def test_outside_reference_rows_sit_beside_the_dataset_table(built: Built) -> None:
+    text = (built.out / "tables" / "dataset_fashionmnist.md").read_text()
+    ref = rp.load_reference()
+    sam = ref[(ref["dataset"] == "fashionmnist")]
+    assert len(sam) >= 2
+    for _, r in sam.iterrows():
+        assert r["source"] in text and f"{r['top1_acc']:.2f}" in text and r["method"] in text
+
+
+def test_paper_numbers_come_from_the_reference_csv(built: Built, tmp_path: Path) -> None:
+    ref = pd.read_csv(rp.REFERENCE_CSV)
+    edited = tmp_path / "paper_results.csv"
+    row = (ref["table"] == "Table 3") & (ref["dataset"] == "cifar10") & (ref["model"] == "resnet18") \
+        & (ref["method"] == "sgd")
+    assert row.sum() == 1
+    ref.loc[row, "top1_acc"] = 12.34
+    extra = pd.DataFrame([
+        {"source": "SAF (edited in a test)", "table": "Table 3", "dataset": "cifar10", "model": "mlp_tiny",
+         "method": "sgd", "top1_acc": 50.0, "top1_std": 1.0, "images_per_s": 1000, "throughput_vs_base": 1.0,
+         "notes": "a row added by the test"},
+        {"source": "Elsewhere (test)", "table": "Fig. 9", "dataset": "synthetic", "model": "mlp_tiny",
+         "method": "sam", "top1_acc": 33.0, "top1_std": float("nan"), "images_per_s": float("nan"),
+         "throughput_vs_base": float("nan"), "notes": ""}])
+    pd.concat([ref, extra]).to_csv(edited, index=False)
+    out = tmp_path / "report"
+    rp.build_report(built.results, out, edited, figures=False)
+    md = {(m["Model"], m["Method"]): m for m in _md_rows(out / "tables" / "paper_table_3.md")}
+    assert md[("resnet18", "sgd")]["CIFAR-10 paper acc (%)"].startswith("12.34")
+    runs = _summaries(built.results)
+    ours = runs.query("dataset == 'cifar10' and method == 'sgd'")["final_test_acc"].iloc[0]
+    assert md[("mlp_tiny", "sgd")]["CIFAR-10 paper acc (%)"] == "50.00 ± 1.00"
+    _close(md[("mlp_tiny", "sgd")]["CIFAR-10 Δ acc"], 100 * ours - 50.0, 2)
+    assert "a row added by the test" in (out / "tables" / "paper_table_3.md").read_text()
+    csv = pd.read_csv(out / "tables" / "paper_table_3.csv")
+    mine = csv[(csv["model"] == "mlp_tiny") & (csv["method"] == "sgd")].iloc[0]
+    assert mine["cifar10_acc_diff"] == pytest.approx(100 * ours - 50.0, rel=1e-12)
+    # An outside reference row of the same model and method is joined into the dataset table.
+    syn = pd.read_csv(out / "tables" / "dataset_synthetic.csv")
+    assert syn.loc[syn["method"] == "sam", "ref_acc"].tolist() == [33.0]
+    # The untouched report still shows the published value.
+    original = {(m["Model"], m["Method"]): m for m in _md_rows(built.out / "tables" / "paper_table_3.md")}
+    assert original[("resnet18", "sgd")]["CIFAR-10 paper acc (%)"] == "95.61 ± 0.02"
+
+
+# ---- pure functions -----------------------------------------------------------------------------
+def test_diverged_and_failed_runs_are_counted_not_averaged(built: Built) -> None:
+    rows = built.report.rows.copy()
+    cell = (rows["dataset"] == "synthetic") & (rows["method"] == "sam")
+    victim = rows[cell].index[0]
+    rows.loc[victim, "status"] = "diverged"
+    agg = rp.aggregate(rows)
+    sam = agg[(agg["dataset"] == "synthetic") & (agg["method"] == "sam")].iloc[0]
+    kept = rows[cell & (rows["status"] == "finished")]
+    assert (sam["n"], sam["n_diverged"]) == (1, 1)
+    assert sam["acc_mean"] == pytest.approx(100 * kept["final_test_acc"].mean())
+    shown = rp.format_dataset_table(rp.dataset_table(agg, rp.load_reference(), "synthetic"))
+    assert "1 (+1 diverged)" in shown["Seeds"].tolist()
+
+
+def test_throughput_share_uses_the_base_of_the_same_workload() -> None:
+    cells = pd.DataFrame({
+        "method": ["sgd", "sgd", "sam", "sam", "saf"],
+        "dataset": ["c10"] * 5, "model": ["r18"] * 5,
+        "device_name": ["A", "A", "A", "A", "B"],
+        "epochs": [1, 2, 2, 3, 2],
+        "img_s_mean": [100.0, 200.0, 100.0, 75.0, 50.0]})
+    shares = rp.throughput_share(cells).tolist()
+    assert shares[:4] == [1.0, 1.0, 0.5, 75.0 / 150.0]  # same config first, else every base cell of it
+    assert math.isnan(shares[4])  # no base measured on device B: no ratio across hardware
+
+
+def test_text_rendering() -> None:
+    assert rp.fmt_pm(1.234, 0.5) == "1.23 ± 0.50" and rp.fmt_pm(1.0, float("nan")) == "1.00"
+    assert rp.fmt_pm(float("nan"), 1.0) == rp.MISSING and rp.fmt_diff(-0.5) == "-0.50"
+    table = pd.DataFrame({"Model": ["a_b|c"], "Acc (%)": ["1.00 ± 0.10"]})
+    assert rp.render_markdown(table).splitlines()[2] == r"| a_b\|c | 1.00 ± 0.10 |"
+    tex = rp.render_latex(table, "caption", "tab:x")
+    assert r"a\_b|c & 1.00 $\pm$ 0.10 \\" in tex and r"Acc (\%)" in tex and tex.count("tabular") == 2
+
+
+# ---- command line -------------------------------------------------------------------------------
+def test_cli_report(built: Built, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "cli"
+    assert main(["report", "--results", str(built.results), "--out", str(out), "--no-figures"]) == 0
+    assert (out / "REPORT.md").is_file() and (out / "tables" / "paper_table_3.md").is_file()
+    regenerate = f"safbench report --results {built.results} --out {out} --no-figures"
+    assert regenerate in (out / "REPORT.md").read_text()
+    assert "5 tables, 0 figures" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "bad_reference"])
+def test_cli_bad_input_is_one_line_and_exit_2(case: str, tmp_path: Path, built: Built,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    args = {"missing": ["--results", str(tmp_path / "nope")],
+            "empty": ["--results", str(tmp_path)],
+            "bad_reference": ["--results", str(built.results),
+                              "--reference", str(tmp_path / "none.csv")]}[case]
+    assert main(["report", *args, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("safbench: error:") and "\n" not in err
+    assert not (tmp_path / "out" / "REPORT.md").exists()
+
+
+def test_default_out_is_the_results_folder(built: Built, tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    shutil.copytree(built.results / "cifar10", results / "cifar10")
+    report = rp.build_report(results, figures=False)
+    assert report.report == results / "REPORT.md"
+    # A second pass reads the same runs: its own tables and figures are not taken for results.
+    again = rp.build_report(results, figures=False)
+    assert len(again.rows) == len(report.rows) == 2
