@@ -12,7 +12,8 @@ def _hessian(args: argparse.Namespace) -> int:
     for run_dir in args.run_dirs:
         s = hessian_for_run_dir(run_dir, samples=args.samples, k=args.k, trace_samples=args.trace_samples,
                                 bn_mode=args.bn_mode, device=args.device)
-        print(f"{run_dir}: lambda_max {s['lambda_max']:.4g}, top-{args.k} {[round(v, 4) for v in s['top_eigenvalues']]}, "
+        top = [round(v, 4) for v in s["top_eigenvalues"]]
+        print(f"{run_dir}: lambda_max {s['lambda_max']:.4g}, top-{args.k} {top}, "
               f"trace {s['trace']:.4g} ± {s['trace_stderr'] or float('nan'):.2g} ({s['seconds']:.0f} s)")
     return 0
 

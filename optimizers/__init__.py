@@ -12,8 +12,8 @@ from .base import BN_UPDATES, PRECISIONS, Method, StepOutput, unwrap
 from .esam import ESAM
 from .mesa import MESA
 from .registry import create, method_class, method_hparams, register_method
-from .sam import SAM
 from .saf import SAF
+from .sam import SAM
 from .sgd import SGD
 
 for _cls in (SGD, SAM, ESAM, SAF, MESA):
