@@ -28,7 +28,7 @@ def register_model(name_or_fn: str | Builder | None = None) -> Builder | Callabl
 
     def add(fn: Builder, name: str) -> Builder:
         if name in _BUILDERS or name.startswith("timm:"):
-            raise ValueError(f"model name {name!r} is already taken")
+            raise ValueError(f"model name {name!r} is already taken (or reserved for timm)")
         _BUILDERS[name] = fn
         MODELS.append(name)
         return fn
