@@ -14,8 +14,9 @@ their products, so differently shaped sweeps share one file and one output folde
       - {model: [timm:resnet50], optimizer: [sgd], lr: [0.2]}
       - {model: [timm:vit_small_patch32_224], optimizer: [adamw], lr: [0.001]}
 
-A cell's values are base, then the cell's per_method entry, then its axis values; a key that is
-both an axis and a per_method key of the same cell is rejected (which one wins would be a guess).
+A cell's values are base, overridden by the cell's per_method entry, overridden by its axis
+values: the most specific wins, so a sub-grid may sweep a key that per_method sets elsewhere
+(e.g. SAM's rho 0.05 for CIFAR-10 from per_method, and an axis rho: [0.1] in a CIFAR-100 sub-grid).
 Order is deterministic: sub-grids in file order, axes in file order, the last axis varying
 fastest. Cells resolving to the same run (same config hash) are merged, the first one kept.
 """
@@ -130,11 +131,7 @@ def expand(spec: GridSpec, *, out: str | None = None) -> list[Cell]:
         for combo in itertools.product(*(axes[n] for n in names)):
             chosen = dict(zip(names, combo, strict=True))
             method = chosen.get("method", spec.base.get("method", RunConfig.method))
-            extra = spec.per_method.get(method, {})
-            clash = sorted(set(extra) & set(chosen))
-            if clash:
-                raise UsageError(f"{spec.where}: {clash[0]} is both a grid axis and per_method.{method}.{clash[0]}; "
-                                 "give it in one place")
+            extra = {k: v for k, v in spec.per_method.get(method, {}).items() if k not in chosen}
             values = {**spec.base, **extra, **chosen, "out": str(out)}
             settings = {**chosen, **extra}
             label = " ".join(f"{k}={_show(v)}" for k, v in settings.items()) or "base"
@@ -142,7 +139,11 @@ def expand(spec: GridSpec, *, out: str | None = None) -> list[Cell]:
                 config = RunConfig.from_dict(values, where=f"{spec.where}: cell {label}")
             except UsageError as exc:  # name the file and the cell; the message names the key
                 text = str(exc)
-                raise UsageError(text if text.startswith(spec.where) else f"{spec.where}: cell {label}: {text}") from None
+                if "is not a hyperparameter of method" in text:
+                    text += "; give it under per_method"
+                if not text.startswith(spec.where):
+                    text = f"{spec.where}: cell {label}: {text}"
+                raise UsageError(text) from None
             cell = Cell(config, settings)
             if cell.hash not in seen:
                 seen.add(cell.hash)

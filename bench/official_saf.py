@@ -42,7 +42,7 @@ class HostLogitStore:
         return int(self.table.nbytes)
 
     def exchange(self, slot: int, indices: Tensor, logits: Tensor, *, read: bool) -> Tensor | None:
-        """Old logits of `indices` in `slot` (float32, on the logits' device, if `read`), then write `logits`."""
+        """If `read`, the old logits of `indices` in `slot` (float32, on the logits' device); then store."""
         rows = indices.cpu().numpy()  # a device -> host copy: waits for everything queued before it
         current = logits.detach().float().cpu().numpy()
         old = None
@@ -76,9 +76,11 @@ class OfficialSAF(Method):
     def active(self) -> bool:
         return self.epoch >= max(self.e_start, self.e_tilde)
 
-    def regularizer(self, logits: Tensor, inputs: Tensor, targets: Tensor, indices: Tensor | None) -> Tensor | float:
+    def regularizer(self, logits: Tensor, inputs: Tensor, targets: Tensor,
+                    indices: Tensor | None) -> Tensor | float:
         if indices is None:
-            raise ValueError("saf_official needs each sample's dataset index: call step(inputs, targets, indices)")
+            raise ValueError("saf_official needs each sample's dataset index: "
+                             "call step(inputs, targets, indices)")
         old = self.store.exchange(self.epoch % self.e_tilde, indices, logits, read=self.active)
         if old is None:
             return 0.0

@@ -1,0 +1,149 @@
+"""Launchers end to end on the CPU: submitit's local executor (with a preempted task), torchrun
+cells on two gloo processes (with the grid killed under them), and the gpus launcher's workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench.cell_runner import cell_config_path
+from bench.cells import State, cell_state
+from bench.cli import main
+from bench.grid import load_grid
+from tests.bench.grid_util import (
+    REPO,
+    attempts,
+    bench_cmd,
+    cli_env,
+    metrics,
+    one_thread,  # noqa: F401  (autouse)
+    write_grid,
+)
+
+
+def _starts(run_dir: Path) -> list[dict]:
+    return [a for a in attempts(run_dir) if a["event"] == "start"]
+
+
+def _wait_for(predicate, timeout: float = 120, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if text.encode() in (proc / "cmdline").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.fixture
+def single_threaded_children(monkeypatch: pytest.MonkeyPatch) -> None:
+    # submitit's local executor passes our environment on to its tasks.
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+# ---- slurm through submitit's local executor ----------------------------------------------------------
+@pytest.mark.slow
+def test_submitit_local_array_runs_a_small_grid(tmp_path: Path, single_threaded_children, capsys) -> None:
+    path = write_grid(tmp_path / "g.yaml", grid={"method": ["sgd", "saf"]},
+                      per_method={"saf": {"e_tilde": 1, "e_start": 1}})
+    out = tmp_path / "out"
+    code = main(["grid", str(path), "--out", str(out), "--launcher", "slurm", "--cluster", "local", "--wait",
+                 "--time-min", "10"])
+    assert code == 0, capsys.readouterr().out
+    cells = load_grid(path).cells(out=str(out))
+    assert all(cell_state(c.run_dir) is State.FINISHED for c in cells)
+    assert sorted(pd.read_csv(out / "results.csv")["run_dir"]) == sorted(c.name for c in cells)
+    # Submitting again finds nothing to do.
+    assert main(["grid", str(path), "--out", str(out), "--launcher", "slurm", "--cluster", "local"]) == 0
+    assert "nothing to submit" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_preempted_slurm_task_is_requeued_and_resumes_from_its_checkpoint(
+        tmp_path: Path, single_threaded_children) -> None:
+    path = write_grid(tmp_path / "g.yaml", base={"epochs": 40, "train_subset": 128, "batch_size": 32},
+                      grid={"method": ["saf"]}, per_method={"saf": {"e_tilde": 1, "e_start": 1}})
+    out = tmp_path / "out"
+    (cell,) = load_grid(path).cells(out=str(out))
+    import threading
+
+    codes: list[int] = []
+    submit = threading.Thread(target=lambda: codes.append(main(
+        ["grid", str(path), "--out", str(out), "--launcher", "slurm", "--cluster", "local", "--wait",
+         "--time-min", "10"])))
+    submit.start()
+    _wait_for(lambda: (cell.run_dir / "checkpoint.pt").exists(), what="the task's first checkpoint")
+    (first,) = _starts(cell.run_dir)
+    os.kill(first["pid"], signal.SIGUSR2)  # what slurm sends before a timeout or a preemption
+    submit.join(timeout=300)
+    assert codes == [0]
+    events = [(a["event"], a.get("resume")) for a in attempts(cell.run_dir)]
+    assert events == [("start", False), ("interrupted", None), ("start", True), ("end", None)], events
+    assert cell_state(cell.run_dir) is State.FINISHED
+    assert main(["grid", str(path), "--out", str(tmp_path / "ref")]) == 0  # uninterrupted, in-process
+    pd.testing.assert_frame_equal(metrics(cell.run_dir), metrics(tmp_path / "ref" / cell.name))
+
+
+# ---- torchrun cells ---------------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_torchrun_cell_on_two_cpu_processes_survives_a_killed_grid(tmp_path: Path) -> None:
+    path = write_grid(tmp_path / "g.yaml", base={"epochs": 12, "train_subset": 128},
+                      grid={"method": ["saf"]}, per_method={"saf": {"e_tilde": 1, "e_start": 1}})
+    out = tmp_path / "out"
+    (cell,) = load_grid(path).cells(out=str(out))
+    args = ("grid", str(path), "--out", str(out), "--nproc-per-node", "2")
+    grid = subprocess.Popen(bench_cmd(*args), cwd=REPO, env=cli_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    _wait_for(lambda: (cell.run_dir / "checkpoint.pt").exists() or grid.poll() is not None,
+              what="the first DDP checkpoint")
+    grid.send_signal(signal.SIGKILL)
+    grid.wait()
+    # torchrun and its workers must not outlive the grid and keep training an unlocked cell.
+    marker = str(cell_config_path(cell))
+    _wait_for(lambda: not _processes_mentioning(marker) and cell_state(cell.run_dir) is State.INTERRUPTED,
+              timeout=30, what="torchrun to stop and the cell's lock to be free")
+
+    proc = subprocess.run(bench_cmd(*args), cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = json.loads((cell.run_dir / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["world_size"] == 2
+    assert [s["resume"] for s in _starts(cell.run_dir)] == [False, True]
+    assert (cell.run_dir / "checkpoint-rank1.pt").exists()  # rank 1's share of the SAF store
+    assert metrics(cell.run_dir)["epoch"].tolist() == list(range(12))
+    assert pd.read_csv(out / "results.csv")["world_size"].tolist() == [2]
+
+
+# ---- gpus launcher -----------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_gpus_launcher_workers_share_the_cells(tmp_path: Path) -> None:
+    # Two "GPUs" on a CPU-only box: each worker sees CUDA_VISIBLE_DEVICES=<id> and trains on the CPU.
+    # cnn_small cells of ~2 s each: long enough that both workers are up before the work runs out.
+    path = write_grid(tmp_path / "g.yaml", base={"model": "cnn_small", "epochs": 3, "train_subset": 128},
+                      grid={"method": ["sgd", "sam"], "seed": [0, 1, 2]})
+    out = tmp_path / "out"
+    proc = subprocess.run(bench_cmd("grid", str(path), "--out", str(out), "--launcher", "gpus", "--gpus", "0,1"),
+                          cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("worker on GPU") == 2
+    cells = load_grid(path).cells(out=str(out))
+    starts = [_starts(c.run_dir) for c in cells]
+    assert [len(s) for s in starts] == [1] * len(cells)
+    assert len({s[0]["pid"] for s in starts}) == 2
+    assert sorted(pd.read_csv(out / "results.csv")["run_dir"]) == sorted(c.name for c in cells)

@@ -1,0 +1,105 @@
+"""CI regression check: the step cost of every method on a small CPU model, judged as ratios to SGD.
+
+One pytest-benchmark measurement whose rounds are bench.overhead's interleaved rounds: each round
+times every method once (a block of STEPS steps) in a shuffled order, the ratio to SGD is taken
+inside the round, and the median over rounds is judged. CPU timings swing +-15% between runs and
+more on a shared machine; a round's methods run seconds apart and swing together, so their ratios
+hold still. The JSON (--benchmark-json) carries every method's per-round times and the ratios.
+
+Fails when (step time / SGD's): SAF > 1.10, MESA > 1.6, ESAM >= SAM, or SAM outside [1.6, 2.4].
+The issue's tighter targets (SAF <= 1.05 on this CPU model; on a GPU SAF <= 1.01, MESA <= 1.20,
+ESAM <= 1.45, SAM ~2) are reported in extra_info, never asserted: timings are not pass/fail material.
+The deterministic counterpart, which does fail on an extra pass, is tests/optimizers/test_pass_counts.py.
+
+Timed with one intra-op thread. With two, every parallel region ends at a barrier that waits for the
+slower thread, so on a shared machine a step costs in proportion to its number of ops (a thread
+descheduled for a time slice stalls every region) rather than to its arithmetic: ESAM, with as many
+ops as SAM but less arithmetic, then measured 2.38x SGD against SAM's 2.01x. One thread keeps the
+ratios those of the work done.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from bench.overhead import REFERENCE, OverheadConfig, StepBenchmark
+
+METHODS = ("sgd", "sam", "esam", "saf", "mesa")
+ROUNDS = 21
+# cnn_small on 3x32x32, batch 64, one thread, channels_last: one SGD step is ~50 ms, a round ~0.7 s.
+# channels_last because the CPU's NCHW max-pool forward alone is a quarter of the NCHW step: the
+# forward then costs as much as the backward, unlike on a GPU, and ESAM's extra selection forward
+# hides its savings (ESAM 1.9x, SAM 2.0x); with channels_last kernels the split is GPU-like.
+CONFIG = OverheadConfig(model="cnn_small", shape="cifar10", methods=METHODS, batch_size=64, precision="fp32",
+                        steps=2, repeats=ROUNDS, warmup=3, num_samples=50_000, channels_last=True,
+                        device=torch.device("cpu"))
+ISSUE_TARGETS_CPU = {"saf": 1.05}  # shown, not asserted
+ISSUE_TARGETS_GPU = {"saf": 1.01, "mesa": 1.20, "esam": 1.45, "sam": 2.0}
+
+
+def judge(ratio: dict[str, float]) -> list[str]:
+    """The regression limits on median time ratios; an empty list means the run passes."""
+    failures = []
+    if ratio["saf"] > 1.10:
+        failures.append(f"SAF/SGD = {ratio['saf']:.3f} > 1.10")
+    if ratio["mesa"] > 1.6:
+        failures.append(f"MESA/SGD = {ratio['mesa']:.3f} > 1.6")
+    if ratio["esam"] >= ratio["sam"]:
+        failures.append(f"ESAM/SGD = {ratio['esam']:.3f} >= SAM/SGD = {ratio['sam']:.3f}")
+    if not 1.6 <= ratio["sam"] <= 2.4:
+        failures.append(f"SAM/SGD = {ratio['sam']:.3f} outside [1.6, 2.4]")
+    return failures
+
+
+def test_judge_limits() -> None:
+    """The limits themselves, on made-up ratios (no timing)."""
+    good = {"sgd": 1.0, "sam": 2.0, "esam": 1.5, "saf": 1.02, "mesa": 1.3}
+    assert judge(good) == []
+    assert judge({**good, "saf": 1.11}) == ["SAF/SGD = 1.110 > 1.10"]
+    assert judge({**good, "mesa": 1.61}) == ["MESA/SGD = 1.610 > 1.6"]
+    assert judge({**good, "esam": 2.0}) == ["ESAM/SGD = 2.000 >= SAM/SGD = 2.000"]
+    assert len(judge({**good, "sam": 2.5})) == 1 and len(judge({**good, "sam": 1.5, "esam": 1.4})) == 1
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_step_overhead(benchmark, one_thread: None) -> None:  # noqa: ANN001 - pytest-benchmark's fixture
+    bench = StepBenchmark(CONFIG)
+    bench.warm_up()
+    if benchmark.enabled:
+        # One benchmark round = one interleaved round of all methods; pytest-benchmark's own stats
+        # are then the time of a whole round, and the per-method numbers go to extra_info.
+        benchmark.pedantic(bench.round, rounds=ROUNDS, iterations=1, warmup_rounds=0)
+    else:  # --benchmark-disable runs a pedantic target once and records nothing: run every round in it
+        benchmark.pedantic(lambda: [bench.round() for _ in range(ROUNDS)])
+    rows = {r.method: r for r in bench.rows()}
+    ratio = {m: rows[m].time_ratio_median for m in METHODS}
+    benchmark.extra_info.update({
+        "model": CONFIG.model, "batch_size": CONFIG.batch_size, "steps_per_round": CONFIG.steps,
+        "rounds": len(bench.timer.samples[REFERENCE]), "torch_threads": torch.get_num_threads(),
+        "step_ms_median": {m: round(rows[m].step_ms_median, 3) for m in METHODS},
+        "time_ratio_median": {m: round(ratio[m], 4) for m in METHODS},
+        "time_ratio_iqr": {m: [round(rows[m].time_ratio_q1, 4), round(rows[m].time_ratio_q3, 4)]
+                           for m in METHODS},
+        "step_ms_per_round": {m: [round(1e3 * t / CONFIG.steps, 3) for t in bench.timer.samples[m]]
+                              for m in METHODS},
+        "issue_targets_cpu": {m: {"target": t, "measured": round(ratio[m], 4), "met": ratio[m] <= t}
+                              for m, t in ISSUE_TARGETS_CPU.items()},
+        "issue_targets_gpu_not_measured_here": ISSUE_TARGETS_GPU,
+    })
+    sgd_ms = statistics.median(1e3 * t / CONFIG.steps for t in bench.timer.samples[REFERENCE])
+    failures = judge(ratio)
+    assert not failures, f"{'; '.join(failures)} (SGD step {sgd_ms:.1f} ms, ratios {ratio})"
