@@ -46,8 +46,11 @@ class Outcome:
 
 
 def run_cell(cell: Cell, *, nproc_per_node: int = 1, lock_wait_s: float = 0.5,
-             command: str | None = None) -> Outcome:
-    """Train one cell unless it is done, failed, or held by another process."""
+             command: str | None = None, label: str | None = None) -> Outcome:
+    """Train one cell unless it is done, failed, or held by another process.
+
+    `label` (e.g. "[3/15]"): print a line when the cell starts or resumes; None: stay quiet.
+    """
     run_dir = cell.run_dir
     lock = CellLock(lock_path(run_dir))
     if not lock.acquire(lock_wait_s):
@@ -57,7 +60,10 @@ def run_cell(cell: Cell, *, nproc_per_node: int = 1, lock_wait_s: float = 0.5,
         if state in DONE or state is State.FAILED:
             return Outcome(cell, state, ran=False)
         remove_leftovers(run_dir)
-        log_attempt(run_dir, "start", resume=has_checkpoint(run_dir), nproc_per_node=nproc_per_node,
+        resume = has_checkpoint(run_dir)
+        if label is not None:
+            print(f"{label} {'resuming' if resume else 'starting'} {cell.name} ({cell.describe()})", flush=True)
+        log_attempt(run_dir, "start", resume=resume, nproc_per_node=nproc_per_node,
                     config_hash=cell.hash, taken_over_from=lock.previous or None)
         try:
             if nproc_per_node > 1:
@@ -81,7 +87,7 @@ def run_cell(cell: Cell, *, nproc_per_node: int = 1, lock_wait_s: float = 0.5,
 
 
 def run_cells(cells: Sequence[Cell], *, nproc_per_node: int = 1, lock_wait_s: float = 0.5,
-              command: str | None = None, quiet: bool = False) -> list[Outcome]:
+              command: str | None = None) -> list[Outcome]:
     """Run every cell that needs it, one after another; results.csv is rebuilt after each."""
     outcomes = []
     for i, cell in enumerate(cells, 1):
@@ -89,17 +95,15 @@ def run_cells(cells: Sequence[Cell], *, nproc_per_node: int = 1, lock_wait_s: fl
         if state in DONE or state is State.FAILED:
             outcomes.append(Outcome(cell, state, ran=False))
             continue
-        if not quiet:
-            verb = "resuming" if state is State.INTERRUPTED else "starting"
-            print(f"[{i}/{len(cells)}] {verb} {cell.name} ({cell.describe()})", flush=True)
-        outcome = run_cell(cell, nproc_per_node=nproc_per_node, lock_wait_s=lock_wait_s, command=command)
+        label = f"[{i}/{len(cells)}]"
+        outcome = run_cell(cell, nproc_per_node=nproc_per_node, lock_wait_s=lock_wait_s, command=command,
+                           label=label)
         outcomes.append(outcome)
         if outcome.ran:
             write_results(cell.config.out)
-        if not quiet:
-            note = f": {outcome.error}" if outcome.error else ""
-            held = " (held by another process)" if outcome.state is State.RUNNING else ""
-            print(f"[{i}/{len(cells)}] {cell.name}: {outcome.state.value}{held}{note}", flush=True)
+        note = f": {outcome.error}" if outcome.error else ""
+        held = " (held by another process)" if outcome.state is State.RUNNING else ""
+        print(f"{label} {cell.name}: {outcome.state.value}{held}{note}", flush=True)
     return outcomes
 
 

@@ -111,8 +111,9 @@ class CellTask(submitit.helpers.Checkpointable):
     def __call__(self, values: dict[str, Any]) -> dict[str, Any]:
         config = RunConfig.from_dict(values, where="slurm task")
         cell = Cell(config)
+        task = os.environ.get("SLURM_JOB_ID", "local")
         outcome = run_cell(cell, nproc_per_node=self.nproc_per_node, lock_wait_s=self.lock_wait_s,
-                           command=f"safbench grid (slurm task {os.environ.get('SLURM_JOB_ID', 'local')})")
+                           command=f"safbench grid (slurm task {task})", label=f"[task {task}]")
         write_results(config.out)
         return {"run_dir": str(cell.run_dir), "state": outcome.state.value, "ran": outcome.ran,
                 "error": outcome.error}
