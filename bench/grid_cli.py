@@ -1,4 +1,4 @@
-"""`safbench grid FILE`: run every cell of a grid file, skipping what is done, resuming what was cut.
+"""Run every cell of a grid file, skipping what is done and resuming what was cut.
 
     safbench grid grids/quick.yaml                       # here, one cell after another
     safbench grid grids/quick.yaml --dry-run             # list cells and their states; touch nothing
@@ -47,7 +47,7 @@ def register(subparsers: Any) -> None:
     s.add_argument("--array-parallelism", type=int, default=64, help="array tasks running at once (default: 64)")
     s.add_argument("--max-requeues", type=int, default=50, help="timeouts a task may take (default: 50)")
     s.add_argument("--cluster", choices=("slurm", "local"), default=None,
-                   help="submitit cluster (default: slurm when sbatch exists; local runs the array here)")
+                   help="submitit cluster (default: slurm; local runs the array on this machine)")
     s.add_argument("--wait", action="store_true", help="wait for the array tasks and report their states")
     p.set_defaults(func=_grid)
 

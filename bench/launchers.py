@@ -15,6 +15,7 @@ workers, repeated invocations and array tasks may overlap freely and still run e
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -42,7 +43,7 @@ class LaunchOptions:
     # gpus
     gpus: tuple[str, ...] | None = None  # device ids; None: all visible
     # slurm (submitit)
-    cluster: str | None = None  # None: slurm if available; "local" runs the array on this machine
+    cluster: str | None = None  # None or "slurm": sbatch; "local": run the array on this machine
     partition: str | None = None
     time_min: int = 24 * 60
     gpus_per_task: int | None = None  # default: nproc_per_node, or 0 if every cell has device cpu
@@ -126,7 +127,7 @@ class CellTask(submitit.helpers.Checkpointable):
 
 def slurm_executor(folder: Path, opts: LaunchOptions, job_name: str, *,
                    cpu_only: bool = False) -> submitit.AutoExecutor:
-    executor = submitit.AutoExecutor(folder=folder, cluster=opts.cluster, slurm_max_num_timeout=opts.max_requeues,
+    executor = submitit.AutoExecutor(folder=folder, cluster=_cluster(opts), slurm_max_num_timeout=opts.max_requeues,
                                      local_max_num_timeout=opts.max_requeues)
     # One GPU per torchrun process unless told otherwise; none for cells pinned to the CPU.
     gpus = opts.gpus_per_task if opts.gpus_per_task is not None else (0 if cpu_only else opts.nproc_per_node)
@@ -142,8 +143,18 @@ def slurm_executor(folder: Path, opts: LaunchOptions, job_name: str, *,
     return executor
 
 
+def _cluster(opts: LaunchOptions) -> str:
+    cluster = opts.cluster or "slurm"
+    if cluster == "slurm" and shutil.which("sbatch") is None:
+        # submitit would quietly fall back to running the array here; say so instead.
+        raise UsageError("launcher slurm: sbatch is not on PATH (not a slurm login node?); "
+                         "use --cluster local to run the array on this machine")
+    return cluster
+
+
 def launch_slurm(cells: Sequence[Cell], opts: LaunchOptions, job_name: str = "safbench") -> list[Any]:
     """Submit one array task per cell that still needs running; with opts.wait, wait for them."""
+    _cluster(opts)  # before touching anything
     if opts.retry_failed:
         prepare_retry(cells)
     todo = [c for c in cells if cell_state(c.run_dir) not in (*DONE, State.FAILED, State.RUNNING)]

@@ -151,3 +151,17 @@ def test_gpus_launcher_workers_share_the_cells(tmp_path: Path) -> None:
     assert [len(s) for s in starts] == [1] * len(cells)
     assert len({s[0]["pid"] for s in starts}) == 2
     assert sorted(pd.read_csv(out / "results.csv")["run_dir"]) == sorted(c.name for c in cells)
+
+
+def test_launchers_refuse_to_start_without_their_machines(tmp_path: Path, monkeypatch, capsys) -> None:
+    path = write_grid(tmp_path / "g.yaml", grid={"seed": [0]})
+    out = tmp_path / "out"
+    monkeypatch.setattr("shutil.which", lambda name: None)  # no sbatch: not a slurm login node
+    assert main(["grid", str(path), "--out", str(out), "--launcher", "slurm"]) == 2
+    assert "--cluster local" in capsys.readouterr().err
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert main(["grid", str(path), "--out", str(out), "--launcher", "gpus"]) == 2
+    assert "needs 1 GPU(s) per worker, found 0" in capsys.readouterr().err
+    assert main(["grid", str(path), "--out", str(out), "--launcher", "gpus", "--gpus", "0,1,2",
+                 "--nproc-per-node", "4"]) == 2
+    assert not out.exists()
