@@ -43,10 +43,9 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .provenance import command_line
     from .run import run
 
-    summary = run(config_from_args(args), resume=args.resume, command=command_line())
+    summary = run(config_from_args(args), resume=args.resume, command=args.invocation)
     print(f"{summary['run_dir']}: {summary['status']}, final test acc {summary['final_test_acc']}, "
           f"{summary['images_per_s'] or 0:.0f} img/s")
     return 0 if summary["status"] in ("finished", "diverged") else 1
@@ -82,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .provenance import command_line
+
+    # The command recorded with results: what was typed, or the argv a caller passed in.
+    args.invocation = command_line(None if argv is None else list(argv))
     try:
         return int(args.func(args) or 0)
     except UsageError as exc:

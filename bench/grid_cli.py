@@ -53,7 +53,6 @@ def register(subparsers: Any) -> None:
 
 
 def _grid(args: argparse.Namespace) -> int:
-    from .provenance import command_line
 
     if args.nproc_per_node < 1:
         raise UsageError(f"--nproc-per-node={args.nproc_per_node} is invalid: allowed values are integers >= 1")
@@ -64,7 +63,7 @@ def _grid(args: argparse.Namespace) -> int:
         print_cells(args.file, out, cells)
         return 0
     opts = LaunchOptions(
-        nproc_per_node=args.nproc_per_node, retry_failed=args.retry_failed, command=command_line(),
+        nproc_per_node=args.nproc_per_node, retry_failed=args.retry_failed, command=args.invocation,
         gpus=tuple(x.strip() for x in args.gpus.split(",") if x.strip()) if args.gpus else None,
         cluster=args.cluster, partition=args.partition, time_min=args.time_min, gpus_per_task=args.gpus_per_task,
         cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb, array_parallelism=args.array_parallelism,

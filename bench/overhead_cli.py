@@ -41,7 +41,7 @@ from .overhead import (
     records,
     store_report,
 )
-from .provenance import command_line, device_name, provenance
+from .provenance import device_name, provenance
 
 DEFAULT_MODELS = {
     ("cuda", "cifar"): ("resnet18", "wrn28_10", "pyramidnet110"),
@@ -196,7 +196,7 @@ def _overhead(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)  # before provenance: device_name records the thread count
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    prov = {**provenance(device, command_line()), "measured_at": stamp}
+    prov = {**provenance(device, args.invocation), "measured_at": stamp}
     print(f"safbench overhead on {prov['device_name']} "
           f"(torch {prov['torch_version']}, commit {prov['git_commit']})")
     for note in notes:

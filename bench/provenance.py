@@ -39,7 +39,10 @@ def device_name(device: torch.device) -> str:
     return f"cpu: {cpu} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
 
 
-def command_line() -> str:
+def command_line(argv: list[str] | None = None) -> str:
+    """The command as typed; `argv` (the arguments after `safbench`) when main() was called with them."""
+    if argv is not None:
+        return shlex.join(["safbench", *argv])
     argv = list(sys.argv)
     if argv and argv[0].endswith(("safbench", "__main__.py")):
         argv[0] = "safbench"
