@@ -5,6 +5,10 @@
 - `resnet20`: He et al. 2016 (arXiv:1512.03385, Sec. 4.2): 3 stages of 3 blocks, 16/32/64 channels,
   parameter-free shortcuts (option A: subsample, zero-pad channels): 269,722 parameters for 10 classes
   (the paper's "0.27M"). Small enough for CPU runs on 1x28x28 Fashion-MNIST.
+- `resnet14_s2`: the same family with 2 blocks per stage (6n+2, n=2; 172,218 parameters for 1x28x28 and
+  10 classes) and a stride-2 stem, so a 28x28 image is seen at 14/7/4 instead of 28/14/7: ~3.6x less
+  compute than at full resolution (0.25 ms per training sample on 2 CPU cores against 0.90 ms), which
+  is what lets a 15-run real-data grid finish in about an hour on 2 cores (grids/fashionmnist.yaml).
 
 Global average pooling makes both accept any input size (28x28, 32x32, ...).
 """
@@ -76,9 +80,10 @@ class CifarResNet(nn.Module):
         num_classes: int,
         in_chans: int = 3,
         shortcut: Shortcut = "conv",
+        stem_stride: int = 1,
     ) -> None:
         super().__init__()
-        self.conv1 = conv3x3(in_chans, widths[0])
+        self.conv1 = conv3x3(in_chans, widths[0], stem_stride)
         self.bn1 = nn.BatchNorm2d(widths[0])
         stages, in_planes = [], widths[0]
         for i, (blocks, planes) in enumerate(zip(blocks_per_stage, widths, strict=True)):
@@ -107,3 +112,10 @@ def resnet20(*, num_classes: int, in_chans: int = 3, img_size: int = 32, width: 
     """He et al.'s CIFAR ResNet-20 (0.27M parameters at width 16); `width` scales all three stages."""
     widths = [width, 2 * width, 4 * width]
     return CifarResNet([3, 3, 3], widths, num_classes=num_classes, in_chans=in_chans, shortcut="pad")
+
+
+@register_model
+def resnet14_s2(*, num_classes: int, in_chans: int = 3, img_size: int = 32, width: int = 16) -> nn.Module:
+    """ResNet-14 (He et al.'s CIFAR family, 2 blocks per stage) with a stride-2 stem for cheap CPU runs."""
+    widths = [width, 2 * width, 4 * width]
+    return CifarResNet([2, 2, 2], widths, num_classes=num_classes, in_chans=in_chans, shortcut="pad", stem_stride=2)

@@ -49,7 +49,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-FORMAT_CASES = ["resnet18", "resnet20", "cnn_small", "pyramidnet20", "pyramidnet20_bottleneck", "wrn10_2"]
+FORMAT_CASES = ["resnet18", "resnet20", "resnet14_s2", "cnn_small", "pyramidnet20", "pyramidnet20_bottleneck", "wrn10_2"]
 FORMAT_CASES += [pytest.param(name, marks=slow) for name in sorted(BIG)]
 
 
@@ -111,7 +111,7 @@ def test_forward_backward_on_dataset_geometry(name, in_chans, img_size, num_clas
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet20", "cnn_small", "pyramidnet20", "wrn10_2"])
+@pytest.mark.parametrize("name", ["resnet18", "resnet20", "resnet14_s2", "cnn_small", "pyramidnet20", "wrn10_2"])
 def test_cifar_nets_accept_any_input_size(name):
     # odd sizes exercise the downsampling shortcuts (27 -> 14 -> 7 -> 4 on both branches)
     assert build(name)(torch.randn(2, 3, 27, 27)).shape == (2, 10)
@@ -148,6 +148,18 @@ def test_resnet20_matches_he_et_al():
     assert count_parameters(create_model("resnet20", num_classes=10)) == expected
     wide = create_model("resnet20", num_classes=10, in_chans=1, img_size=28, width=8)
     assert count_parameters(wide) == basic_resnet_count([3, 3, 3], [8, 16, 32], 1, 10, projection=False)
+
+
+def test_resnet14_s2_is_resnet14_with_a_strided_stem():
+    model = create_model("resnet14_s2", num_classes=10, in_chans=1, img_size=28)
+    expected = basic_resnet_count([2, 2, 2], [16, 32, 64], 1, 10, projection=False)
+    assert count_parameters(model) == expected == 172_218
+    sizes = []
+    hooks = [stage.register_forward_hook(lambda m, i, o: sizes.append(o.shape[-1])) for stage in model.stages]
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    assert sizes == [14, 7, 4]  # the stem halves 28x28; each later stage halves again
+    for h in hooks:
+        h.remove()
 
 
 def test_pyramidnet110_is_the_alpha270_basic_net():
