@@ -22,6 +22,7 @@ from bench.config import RunConfig
 from bench.data import create_data
 from bench.errors import UsageError
 from bench.models import create_model
+from bench.provenance import provenance
 
 from .hessian import hessian_summary
 from .landscape import loss_curve_1d, loss_line, loss_surface_2d, save_landscape
@@ -97,19 +98,20 @@ def run_hessian(run: Any, epoch: int | None) -> None:
 
 
 def hessian_for_run_dir(run_dir: str | Path, *, samples: int = 1000, k: int = 3, trace_samples: int = 50,
-                        bn_mode: str = "eval", device: str = "auto") -> dict[str, Any]:
+                        bn_mode: str = "eval", device: str = "auto", command: str | None = None) -> dict[str, Any]:
+    """Measure the run's final model and write hessian.json, with the provenance of this measurement."""
     dev = _device(device)
     _, model, batches = load_run(run_dir, dev, samples)
     summary = measure_hessian(model, batches, k=k, trace_samples=trace_samples,
                               bn_mode=bn_mode)
-    summary.update(epoch=_epochs_done(run_dir), samples=samples)
+    summary.update(epoch=_epochs_done(run_dir), samples=samples, **provenance(dev, command))
     write_hessian(Path(run_dir), summary, None)
     return summary
 
 
 def landscape_for_run_dir(run_dir: str | Path, *, dim: int = 1, samples: int = 1000, resolution: int | None = None,
                           span: float = 1.0, seed: int = 0, line_to: str | Path | None = None,
-                          recalibrate_bn: bool = False, device: str = "auto") -> Path:
+                          recalibrate_bn: bool = False, device: str = "auto", command: str | None = None) -> Path:
     """Compute one landscape of the run's final model and save it as npz in the run directory."""
     dev = _device(device)
     run_dir = Path(run_dir)
@@ -117,7 +119,7 @@ def landscape_for_run_dir(run_dir: str | Path, *, dim: int = 1, samples: int = 1
     recal = batches if recalibrate_bn else None
     meta = {"run_dir": run_dir.name, "samples": samples, "seed": seed, "span": span,
             "recalibrate_bn": recalibrate_bn, "method": config.method, "dataset": config.dataset,
-            "model": config.model}
+            "model": config.model, **provenance(dev, command)}
     if line_to is not None:
         other_config, other, _ = load_run(line_to, dev, 1)
         if (other_config.model, other_config.dataset) != (config.model, config.dataset):

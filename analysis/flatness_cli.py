@@ -7,14 +7,23 @@ from typing import Any
 
 
 def _hessian(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from bench.results import RESULTS, write_results
+
     from .flatness import hessian_for_run_dir
 
     for run_dir in args.run_dirs:
         s = hessian_for_run_dir(run_dir, samples=args.samples, k=args.k, trace_samples=args.trace_samples,
-                                bn_mode=args.bn_mode, device=args.device)
+                                bn_mode=args.bn_mode, device=args.device,
+                                command=args.invocation)
         top = [round(v, 4) for v in s["top_eigenvalues"]]
         print(f"{run_dir}: lambda_max {s['lambda_max']:.4g}, top-{args.k} {top}, "
               f"trace {s['trace']:.4g} ± {s['trace_stderr'] or float('nan'):.2g} ({s['seconds']:.0f} s)")
+    # A grid's results.csv carries λ_max and the trace: rebuild the ones these runs belong to.
+    for folder in dict.fromkeys(Path(d).resolve().parent for d in args.run_dirs):
+        if (folder / RESULTS).exists():
+            write_results(folder)
     return 0
 
 
@@ -24,7 +33,8 @@ def _landscape(args: argparse.Namespace) -> int:
     for run_dir in args.run_dirs:
         path = landscape_for_run_dir(run_dir, dim=args.dim, samples=args.samples, resolution=args.resolution,
                                      span=args.range, seed=args.seed, line_to=args.line_to,
-                                     recalibrate_bn=args.recalibrate_bn, device=args.device)
+                                     recalibrate_bn=args.recalibrate_bn, device=args.device,
+                                     command=args.invocation)
         print(f"wrote {path}")
     return 0
 

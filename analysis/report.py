@@ -35,6 +35,7 @@ RESULTS_CSV = "results.csv"
 SUMMARY = "summary.json"
 CONFIG = "config.yaml"
 REPORT = "REPORT.md"
+NOTES = "NOTES.md"  # hand-written conclusions kept beside a results folder's runs, quoted by the report
 TABLES_DIR = "tables"
 FIGURES_DIR = "figures"
 
@@ -621,10 +622,33 @@ def provenance_lines(rows: pd.DataFrame) -> list[str]:
     return lines
 
 
-def commands(rows: pd.DataFrame) -> list[str]:
-    if "command" not in rows.columns:
+def commands(rows: pd.DataFrame, column: str = "command") -> list[str]:
+    if column not in rows.columns:
         return []
-    return list(dict.fromkeys(str(c) for c in rows["command"].dropna() if str(c)))
+    return list(dict.fromkeys(str(c) for c in rows[column].dropna() if str(c)))
+
+
+def landscape_commands(rows: pd.DataFrame) -> list[str]:
+    """The commands recorded in the runs' landscape files (deduplicated, in run order)."""
+    from .landscape import load_landscape
+
+    found: list[str] = []
+    for run_path in rows.get("run_path", pd.Series(dtype=object)).dropna():
+        for path in sorted(Path(run_path).glob("landscape_*.npz")):
+            try:
+                command = load_landscape(path)[1].get("command")
+            except (OSError, ValueError):
+                continue
+            if command:
+                found.append(str(command))
+    return list(dict.fromkeys(found))
+
+
+def notes(results: Path) -> list[tuple[str, str]]:
+    """(folder, text) of every NOTES.md in the results folders: conclusions written from the tables."""
+    folders = dict.fromkeys([results, *find_result_folders(results)]) if results.is_dir() else {}
+    return [(_rel(folder, results), (folder / NOTES).read_text().strip())
+            for folder in folders if (folder / NOTES).is_file()]
 
 
 def _rel(path: Path, start: Path) -> str:
@@ -632,7 +656,8 @@ def _rel(path: Path, start: Path) -> str:
 
 
 def report_markdown(report_dir: Path, rows: pd.DataFrame, tables: Sequence[TableFile],
-                    figures: Sequence[Any], regenerate: str, reference: Path) -> str:
+                    figures: Sequence[Any], regenerate: str, reference: Path,
+                    conclusions: Sequence[tuple[str, str]] = ()) -> str:
     status = rows["status"].value_counts()
     parts = [
         "# safbench report\n",
@@ -644,8 +669,13 @@ def report_markdown(report_dir: Path, rows: pd.DataFrame, tables: Sequence[Table
         "## How to regenerate\n",
         f"```\n{regenerate}\n```\n",
         "Re-running the commands listed under Provenance recreates the underlying runs.\n",
-        "## Tables\n",
     ]
+    if conclusions:
+        parts.append("## Conclusions\n")
+        parts.append(f"Written by hand from the tables below (kept in each results folder's `{NOTES}`).\n")
+        for folder, text in conclusions:
+            parts.append(f"### From `{folder}`\n\n{text}\n")
+    parts.append("## Tables\n")
     for t in tables:
         links = " · ".join(f"[{kind}]({_rel(p, report_dir)})" for kind, p in t.files.items())
         parts.append(t.markdown + f"\nFiles: {links}\n")
@@ -660,6 +690,10 @@ def report_markdown(report_dir: Path, rows: pd.DataFrame, tables: Sequence[Table
     cmds = commands(rows)
     parts.append("Commands that made the runs (deduplicated):\n")
     parts.append("```\n" + ("\n".join(cmds) if cmds else "(no command recorded)") + "\n```\n")
+    flat = commands(rows, "hessian_command") + landscape_commands(rows)
+    if flat:
+        parts.append("Commands that measured flatness (Hessian, landscapes) of the stored runs:\n")
+        parts.append("```\n" + "\n".join(flat) + "\n```\n")
     parts.append("\n".join(provenance_lines(rows)) + "\n")
     parts.append(f"Aggregates: [cells.csv]({_rel(report_dir / TABLES_DIR / 'cells.csv', report_dir)}) · "
                  f"rows: [runs.csv]({_rel(report_dir / TABLES_DIR / 'runs.csv', report_dir)})\n")
@@ -690,5 +724,5 @@ def build_report(results: str | Path = "results", out: str | Path | None = None,
     path = out / REPORT
     shown_ref = _rel(ref_path, Path.cwd()) if ref_path.is_absolute() and ref_path.is_relative_to(Path.cwd()) \
         else ref_path
-    io.write_text(path, report_markdown(out, rows, tables, made, regenerate, shown_ref))
+    io.write_text(path, report_markdown(out, rows, tables, made, regenerate, shown_ref, notes(results)))
     return Report(out, path, tables, made, rows)

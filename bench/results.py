@@ -2,7 +2,8 @@
 
 A row is the run's summary.json with nested fields flattened: `hparams` become `hp_<name>`,
 method extras (saf_store_bytes, ...) keep their own names, and hessian.json adds `lambda_max`
-and `hessian_trace` (plus `hessian_trace_stderr`) when the run measured them. Lists are written
+and `hessian_trace` (plus its stderr, the top eigenvalues, the sample count and the command and
+commit that measured them) when the run measured them. Lists are written
 as JSON text. Since rows come from the summaries each time, a crash can cost at most a stale
 file, and the next rebuild repairs it.
 """
@@ -25,7 +26,8 @@ HESSIAN = "hessian.json"
 # Columns first in every table (the rest follow in the summaries' order).
 LEADING = ("run_dir", "config_hash", "status", "method", "dataset", "model", "seed")
 _HESSIAN_FIELDS = {"lambda_max": "lambda_max", "trace": "hessian_trace", "hessian_trace": "hessian_trace",
-                   "trace_stderr": "hessian_trace_stderr"}
+                   "trace_stderr": "hessian_trace_stderr", "top_eigenvalues": "hessian_top_eigenvalues",
+                   "samples": "hessian_samples", "command": "hessian_command", "git_commit": "hessian_git_commit"}
 
 
 def result_row(run_dir: Path) -> dict[str, Any] | None:
@@ -51,7 +53,7 @@ def result_row(run_dir: Path) -> dict[str, Any] | None:
         hessian = {}
     for src, dst in _HESSIAN_FIELDS.items():
         if src in hessian:
-            row[dst] = hessian[src]
+            row[dst] = json.dumps(hessian[src]) if isinstance(hessian[src], list) else hessian[src]
     return row
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import pandas as pd
 import torch
+import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
@@ -142,7 +143,10 @@ class Run:
     # ---- run directory ---------------------------------------------------------------------------
     def _prepare_run_dir(self) -> None:
         checkpoint = self.run_dir / CHECKPOINT
-        if self.run_dir.exists() and not self.resume and any(self.run_dir.iterdir()):
+        taken = self.run_dir.exists() and any(self.run_dir.iterdir())
+        if self.info.enabled:
+            dist.barrier()  # every rank looks before rank 0 writes config.yaml, so all agree on `taken`
+        if taken and not self.resume:
             raise UsageError(f"run directory {self.run_dir} already exists: pass --resume to continue it, "
                              "or choose another --out")
         if self.resume and checkpoint.exists():

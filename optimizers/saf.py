@@ -65,6 +65,8 @@ class SAF(Method):
         if not self.active:
             return 0.0
         old, present = self.store.read(self.epoch, indices)
+        if old.device != logits.device:  # a host-side store (store_device="cpu") beside a CUDA model
+            old, present = old.to(logits.device), present.to(logits.device)
         # Samples with no logits from epoch e - e_tilde (skipped by the sampler or an fp16-skipped
         # step) add nothing; the mean stays over the whole batch, as in the paper.
         return self.lam * trajectory_loss(logits, old, self.tau, weights=present)

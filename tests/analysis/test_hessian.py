@@ -15,15 +15,6 @@ from torch.func import functional_call
 from analysis import hessian
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: with shared cores, intra-op threads spend more time waiting than computing.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_mlp(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)  # only builds the fixture; the functions under test must not need it
     return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 6), nn.Softplus(), nn.Linear(6, 3))  # 115

@@ -14,15 +14,6 @@ from torch import nn
 from analysis import landscape
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: with shared cores, intra-op threads spend more time waiting than computing.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class Quadratic(nn.Module):
     """Outputs its weight; with ``quadratic_loss`` the loss is 0.5 (w - w*)^T A (w - w*)."""
 

@@ -18,11 +18,11 @@ from typing import Any
 
 import pandas as pd
 import pytest
-import torch
 
 from analysis import report as rp
 from bench.cli import main
 from bench.config import RunConfig
+from bench.results import write_results
 from bench.run import run
 from tests.bench.conftest import write_cifar10, write_fashionmnist
 
@@ -59,12 +59,7 @@ def _run(values: dict[str, Any], commands: list[str]) -> None:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors on shared cores: extra threads only wait
-    try:
-        return _build(tmp_path_factory.mktemp("report"))
-    finally:
-        torch.set_num_threads(threads)
+    return _build(tmp_path_factory.mktemp("report"))
 
 
 def _build(tmp: Path) -> Built:
@@ -384,3 +379,39 @@ def test_default_out_is_the_results_folder(built: Built, tmp_path: Path) -> None
     # A second pass reads the same runs: its own tables and figures are not taken for results.
     again = rp.build_report(results, figures=False)
     assert len(again.rows) == len(report.rows) == 2
+
+
+def test_notes_are_quoted_as_conclusions(built: Built, tmp_path: Path) -> None:
+    assert "## Conclusions" not in built.report.report.read_text()  # no NOTES.md, no section
+    notes = built.results / "synthetic" / rp.NOTES
+    notes.write_text("SAF matched SAM's accuracy on this grid.\n")
+    try:
+        text = rp.build_report(built.results, tmp_path / "r", figures=False).report.read_text()
+    finally:
+        notes.unlink()
+    assert "### From `synthetic`" in text and "SAF matched SAM's accuracy on this grid." in text
+    assert text.index("## Conclusions") < text.index("## Tables")
+
+
+@pytest.mark.skipif(not HAS_FLATNESS, reason=NO_FLATNESS)
+def test_flatness_commands_are_recorded_and_reported(tmp_path: Path) -> None:
+    from analysis.landscape import load_landscape
+
+    results = tmp_path / "results"
+    run(RunConfig.from_dict({**TINY, "method": "sgd", "dataset": "synthetic", "epochs": 1,
+                             "out": str(results / "g")}), command="safbench run ...")
+    (run_dir,) = (results / "g").iterdir()
+    write_results(results / "g")  # as a grid leaves it: without the Hessian, until `safbench hessian`
+    assert "lambda_max" not in pd.read_csv(results / "g" / "results.csv").columns
+    hessian = ["hessian", str(run_dir), "--samples", "16", "--trace-samples", "2", "--device", "cpu"]
+    landscape = ["landscape", str(run_dir), "--samples", "16", "--resolution", "5", "--device", "cpu"]
+    assert main(hessian) == 0 and main(landscape) == 0
+    measured = json.loads((run_dir / "hessian.json").read_text())
+    assert measured["command"] == "safbench " + " ".join(hessian)
+    assert measured["git_commit"] and measured["device_name"].startswith("cpu") and measured["torch_version"]
+    assert pd.read_csv(results / "g" / "results.csv")["lambda_max"].tolist() == [measured["lambda_max"]]
+    meta = load_landscape(run_dir / "landscape_1d.npz")[1]
+    assert meta["command"] == "safbench " + " ".join(landscape) and meta["git_commit"] == measured["git_commit"]
+    text = rp.build_report(results, tmp_path / "r", figures=False).report.read_text()
+    flat = text.split("Commands that measured flatness", 1)[1]
+    assert meta["command"] in flat and measured["command"] in flat

@@ -10,8 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pytest
-import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -20,16 +18,6 @@ TINY: dict[str, Any] = {"dataset": "synthetic", "model": "mlp_tiny", "epochs": 2
                         "train_subset": 64, "eval_batch_size": 256, "device": "cpu", "num_workers": 0,
                         "progress": False}
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr"]  # not timings
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread, as in the CLI subprocesses (cli_env): equal numerics in- and out-of-process,
-    and no OpenMP spinning on a shared 2-core box (tiny ops got ~10x slower with 2 threads under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def write_grid(path: Path, base: dict | None = None, grid: Any = None, per_method: dict | None = None,

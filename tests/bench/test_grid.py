@@ -18,7 +18,7 @@ from bench.cli import main
 from bench.config import RunConfig
 from bench.errors import UsageError
 from bench.grid import expand, load_grid, parse_grid
-from tests.bench.grid_util import REPO, TINY, one_thread, run_cli, snapshot, write_grid  # noqa: F401
+from tests.bench.grid_util import REPO, TINY, run_cli, snapshot, write_grid
 
 GRIDS = sorted((REPO / "grids").glob("*.yaml"))
 

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from tests.bench.grid_util import (
     bench_cmd,
     cli_env,
     metrics,
-    one_thread,  # noqa: F401  (autouse)
+    snapshot,
     write_grid,
 )
 
@@ -132,6 +133,29 @@ def test_torchrun_cell_on_two_cpu_processes_survives_a_killed_grid(tmp_path: Pat
                          cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300)
     assert ref.returncode == 0, ref.stdout + ref.stderr
     pd.testing.assert_frame_equal(metrics(cell.run_dir), metrics(tmp_path / "ref" / cell.name))
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_torchrun_run_without_resume_into_a_fresh_directory(tmp_path: Path) -> None:
+    # Rank 0 writes config.yaml as soon as it may; a rank that looked later must not take the directory
+    # for someone else's. A second run into the same directory is refused by both ranks.
+    out = tmp_path / "out"
+    run_args = ["run", "--method", "sgd", "--dataset", "synthetic", "--model", "mlp_tiny", "--epochs", "1",
+                "--batch-size", "16", "--train-subset", "64", "--device", "cpu", "--num-workers", "0",
+                "--no-progress", "--out", str(out)]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "bench"]
+    first = subprocess.run([*torchrun, *run_args], cwd=REPO, env=cli_env(), capture_output=True, text=True,
+                           timeout=180)
+    assert first.returncode == 0, first.stdout + first.stderr
+    (run_dir,) = out.iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["world_size"] == 2
+    before = snapshot(out)
+    again = subprocess.run([*torchrun, *run_args], cwd=REPO, env=cli_env(), capture_output=True, text=True,
+                           timeout=180)
+    assert again.returncode != 0 and again.stderr.count("already exists: pass --resume") >= 2, again.stderr
+    assert snapshot(out) == before
 
 
 # ---- gpus launcher -----------------------------------------------------------------------------------------

@@ -26,7 +26,6 @@ from tests.bench.grid_util import (
     bench_cmd,
     cli_env,
     metrics,
-    one_thread,  # noqa: F401  (autouse)
     run_cli,
     summaries,
     write_grid,

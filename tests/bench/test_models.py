@@ -40,16 +40,8 @@ def build(name: str) -> nn.Module:
     return create_model(name, num_classes=10)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # batches of 2 gain nothing from a second thread; on shared cores its spin-waiting doubles the run time
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-FORMAT_CASES = ["resnet18", "resnet20", "resnet14_s2", "cnn_small", "pyramidnet20", "pyramidnet20_bottleneck", "wrn10_2"]
+FORMAT_CASES = ["resnet18", "resnet20", "resnet14_s2", "cnn_small", "pyramidnet20", "pyramidnet20_bottleneck",
+                "wrn10_2"]
 FORMAT_CASES += [pytest.param(name, marks=slow) for name in sorted(BIG)]
 
 

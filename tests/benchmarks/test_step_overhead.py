@@ -21,7 +21,6 @@ ratios those of the work done.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -65,18 +64,8 @@ def test_judge_limits() -> None:
     assert len(judge({**good, "sam": 2.5})) == 1 and len(judge({**good, "sam": 1.5, "esam": 1.4})) == 1
 
 
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 @pytest.mark.slow
-def test_step_overhead(benchmark, one_thread: None) -> None:  # noqa: ANN001 - pytest-benchmark's fixture
+def test_step_overhead(benchmark) -> None:  # noqa: ANN001 - pytest-benchmark's fixture
     bench = StepBenchmark(CONFIG)
     bench.warm_up()
     if benchmark.enabled:

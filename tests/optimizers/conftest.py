@@ -1,4 +1,4 @@
-"""Shared settings for the optimizers tests: one intra-op thread (2 shared cores), deterministic seeds."""
+"""Shared settings for the optimizers tests: deterministic seeds (one thread comes from tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,5 @@ import torch
 
 
 @pytest.fixture(autouse=True)
-def _one_thread_and_seed():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _seed():
     torch.manual_seed(1234)
-    yield
-    torch.set_num_threads(threads)
