@@ -81,10 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .provenance import command_line
+    from .provenance import command_line, git_commit
 
     # The command recorded with results: what was typed, or the argv a caller passed in.
     args.invocation = command_line(None if argv is None else list(argv))
+    git_commit()  # the commit of the code this process has loaded, before anything runs for long
     try:
         return int(args.func(args) or 0)
     except UsageError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import shlex
@@ -12,8 +13,13 @@ from pathlib import Path
 import torch
 
 
+@functools.cache
 def git_commit(cwd: str | Path | None = None) -> str:
-    """HEAD of the checkout the code runs from, with '-dirty' if it has uncommitted changes."""
+    """HEAD of the checkout the code runs from, with '-dirty' if it has uncommitted changes.
+
+    Read once per process: `safbench` reads it at start, when the code is loaded, so a commit or an edit
+    made while a long grid runs does not relabel the runs that the loaded code goes on to make.
+    """
     where = cwd or Path(__file__).resolve().parent.parent
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True,

@@ -208,3 +208,21 @@ def test_config_hash_ignores_where_and_fills_method_defaults(tmp_path: Path) -> 
     b = tiny(tmp_path / "b", method="saf", lam=0.3, tau=5.0, num_workers=2)
     c = tiny(tmp_path / "a", method="saf", lam=0.4)
     assert a.config_hash() == b.config_hash() != c.config_hash()
+
+
+def test_git_commit_is_read_once_per_process(tmp_path: Path, monkeypatch) -> None:
+    # The code a process runs is the code it loaded: a commit made while a grid runs must not relabel it.
+    from bench import provenance
+
+    provenance.git_commit.cache_clear()
+    first = provenance.git_commit()
+    assert first != "unknown"
+
+    def no_git(*args, **kwargs):
+        raise AssertionError("git was asked again")
+
+    monkeypatch.setattr(provenance.subprocess, "run", no_git)
+    summary = run(RunConfig.from_dict({"method": "sgd", "dataset": "synthetic", "model": "mlp_tiny", "epochs": 1,
+                                       "batch_size": 16, "train_subset": 32, "device": "cpu", "num_workers": 0,
+                                       "progress": False, "out": str(tmp_path)}))
+    assert summary["git_commit"] == first
