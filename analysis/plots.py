@@ -256,7 +256,9 @@ def plot_accuracy_epochs(curves: pd.DataFrame, title: str) -> Figure:
 def plot_lambda(cells: pd.DataFrame, curves: pd.DataFrame, title: str) -> Figure:
     """λ_max per method at the end of training (bars, ± std) and over epochs (mean ± std band)."""
     with_end = cells[cells["lambda_max_mean"].notna()] if len(cells) else cells
-    panels = int(len(with_end) > 0) + int(len(curves) > 0)
+    # Only the final measurement (no hessian_epochs): the bars already show it, a one-epoch "curve" would not
+    over_training = len(curves) > 0 and curves["epoch"].nunique() > 1
+    panels = int(len(with_end) > 0) + int(over_training)
     fig, axes = _panels(max(panels, 1))
     i = 0
     if len(with_end):
@@ -270,7 +272,7 @@ def plot_lambda(cells: pd.DataFrame, curves: pd.DataFrame, title: str) -> Figure
         ax.set_xticks(np.arange(len(labels)), labels, rotation=30, ha="right", fontsize=8)
         ax.set(title="end of training", ylabel=r"$\lambda_{\max}$")
         ax.grid(axis="y", alpha=0.3)
-    if len(curves):
+    if over_training:
         ax = axes[0, i]
         for model in dict.fromkeys(curves["model_key"]):
             c = curves[curves["model_key"] == model]

@@ -415,3 +415,16 @@ def test_flatness_commands_are_recorded_and_reported(tmp_path: Path) -> None:
     text = rp.build_report(results, tmp_path / "r", figures=False).report.read_text()
     flat = text.split("Commands that measured flatness", 1)[1]
     assert meta["command"] in flat and measured["command"] in flat
+
+
+def test_lambda_figure_draws_a_curve_only_when_there_is_one() -> None:
+    from analysis.plots import plot_lambda
+
+    cells = pd.DataFrame({"lambda_max_mean": [3.0, 2.0], "lambda_max_std": [0.5, math.nan],
+                          "method_label": ["sgd", "saf"], "model_key": ["m", "m"], "setting": ["", ""]})
+    final_only = pd.DataFrame({"epoch": [11, 11], "lambda_max": [3.0, 2.0], "model_key": ["m", "m"],
+                               "method_label": ["sgd", "saf"], "setting": ["", ""]})
+    assert len(plot_lambda(cells, final_only, "t").axes) == 1
+    two_epochs = pd.concat([final_only, final_only.assign(epoch=0, lambda_max=[1.0, 1.5])], ignore_index=True)
+    fig = plot_lambda(cells, two_epochs, "t")
+    assert len(fig.axes) == 2 and fig.axes[1].get_title() == "over training"
