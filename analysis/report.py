@@ -560,14 +560,6 @@ class Report:
     rows: pd.DataFrame
 
 
-def _check_out(out: Path) -> None:
-    existing = out
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"output folder {out} is not writable ({existing} is not a writable directory)")
-
-
 def _write_table(out: Path, stem: str, title: str, numbers: pd.DataFrame, shown: pd.DataFrame,
                  extra_md: str = "", notes: Sequence[str] = ()) -> TableFile:
     folder = out / TABLES_DIR
@@ -709,7 +701,7 @@ def build_report(results: str | Path = "results", out: str | Path | None = None,
     ref_path = Path(reference) if reference is not None else REFERENCE_CSV
     reference_frame = load_reference(ref_path)
     rows = prepare(load_rows(results), reference_frame)
-    _check_out(out)
+    io.check_writable(out)
     (out / TABLES_DIR).mkdir(parents=True, exist_ok=True)
     agg = aggregate(rows)
     tables = build_tables(rows, agg, reference_frame, out)

@@ -11,6 +11,8 @@ from typing import IO, Any
 
 import yaml
 
+from .errors import UsageError
+
 
 def atomic_write(path: str | Path, write: Callable[[IO], None], *, binary: bool = False) -> None:
     path = Path(path)
@@ -50,3 +52,13 @@ def save_torch(path: str | Path, obj: Any) -> None:
     import torch
 
     atomic_write(path, lambda f: torch.save(obj, f), binary=True)
+
+
+def check_writable(out: str | Path) -> None:
+    """UsageError unless `out` exists as a writable folder or could be created in one."""
+    out = Path(out)
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"output folder {out} is not writable ({existing} is not a writable directory)")

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from optimizers.base import Method
-from optimizers.saf import check_trajectory_hparams
+from optimizers.saf import check_store_hparams
 from optimizers.trajectory import trajectory_loss
 
 
@@ -62,12 +62,7 @@ class OfficialSAF(Method):
                  num_samples: int | None = None, num_classes: int | None = None, lam: float = 0.3,
                  tau: float = 5.0, e_tilde: int = 3, e_start: int = 5, **common: Any) -> None:
         super().__init__(model, base_optimizer, **common)
-        if num_samples is None or num_classes is None or num_samples < 1 or num_classes < 1:
-            raise ValueError(f"saf_official needs num_samples and num_classes >= 1 to size its store "
-                             f"(got num_samples={num_samples!r}, num_classes={num_classes!r})")
-        check_trajectory_hparams(lam, tau, e_start)
-        if int(e_tilde) != e_tilde or e_tilde < 1:
-            raise ValueError(f"e_tilde={e_tilde!r} is invalid: allowed values are integers >= 1")
+        check_store_hparams(self.name, num_samples, num_classes, lam, tau, e_tilde, e_start)
         self.lam, self.tau = float(lam), float(tau)
         self.e_tilde, self.e_start = int(e_tilde), int(e_start)
         self.store = HostLogitStore(num_samples, num_classes, self.e_tilde)

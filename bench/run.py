@@ -65,14 +65,6 @@ def read_summary(run_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-def _check_writable(out: Path) -> None:
-    existing = out
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"output folder {out} is not writable ({existing} is not a writable directory)")
-
-
 def _host_rss_bytes() -> int:
     try:
         return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -102,7 +94,7 @@ class Run:
         self.precision = resolve_precision(self.config, self.device)
         self.run_dir = self.config.run_dir()
         self.command = command
-        _check_writable(Path(self.config.out))
+        io.check_writable(self.config.out)
         # Everything that can reject user input happens before the run directory is created.
         self.data = create_data(
             self.config.dataset, root=self.config.data_root, batch_size=self.config.batch_size,

@@ -29,6 +29,17 @@ def check_trajectory_hparams(lam: float, tau: float, e_start: int) -> None:
         raise ValueError(f"e_start={e_start!r} is invalid: allowed values are integers >= 0")
 
 
+def check_store_hparams(method: str, num_samples: int | None, num_classes: int | None, lam: float, tau: float,
+                        e_tilde: int, e_start: int) -> None:
+    """The checks of every per-sample logit store design (ours and the official one)."""
+    if num_samples is None or num_classes is None or num_samples < 1 or num_classes < 1:
+        raise ValueError(f"{method} needs num_samples and num_classes >= 1 to size its store "
+                         f"(got num_samples={num_samples!r}, num_classes={num_classes!r})")
+    check_trajectory_hparams(lam, tau, e_start)
+    if int(e_tilde) != e_tilde or e_tilde < 1:
+        raise ValueError(f"e_tilde={e_tilde!r} is invalid: allowed values are integers >= 1")
+
+
 class SAF(Method):
     name = "saf"
 
@@ -38,12 +49,7 @@ class SAF(Method):
                  store_device: str | torch.device | None = None, process_group: Any = None,
                  **common: Any) -> None:
         super().__init__(model, base_optimizer, **common)
-        if num_samples is None or num_classes is None or num_samples < 1 or num_classes < 1:
-            raise ValueError(f"saf needs num_samples and num_classes >= 1 to size its store "
-                             f"(got num_samples={num_samples!r}, num_classes={num_classes!r})")
-        check_trajectory_hparams(lam, tau, e_start)
-        if int(e_tilde) != e_tilde or e_tilde < 1:
-            raise ValueError(f"e_tilde={e_tilde!r} is invalid: allowed values are integers >= 1")
+        check_store_hparams(self.name, num_samples, num_classes, lam, tau, e_tilde, e_start)
         if store_dtype not in _DTYPES:
             raise ValueError(f"store_dtype={store_dtype!r} is invalid: allowed values are {', '.join(_DTYPES)}")
         self.lam, self.tau = float(lam), float(tau)

@@ -7,7 +7,7 @@ import torch
 import optimizers
 
 from . import reference as ref
-from .tiny import epoch_order
+from .tiny import assert_same_state, epoch_order
 
 N, BATCH = 24, 8  # three batches per epoch
 
@@ -108,3 +108,12 @@ def assert_same_outputs_exact(actual, expected) -> None:
     assert len(actual) == len(expected)
     for (ea, ia, la, za), (ee, ie, le, ze) in zip(actual, expected, strict=True):
         assert ea == ee and torch.equal(ia, ie) and torch.equal(la, le) and torch.equal(za, ze)
+
+
+def assert_matches_reference(method: optimizers.Method, reference: Reference, model, ref_model,
+                             actual, expected) -> None:
+    """Weights, per-step outputs and (for MESA) the EMA model equal the reference implementation's."""
+    assert_same_state(model, ref_model, atol=1e-6)
+    assert_same_outputs(actual, expected)
+    if reference.name == "mesa":
+        assert_same_state(method.ema, reference.mesa.ema, atol=1e-6)

@@ -10,8 +10,8 @@ import torch
 
 import optimizers
 
-from .harness import N, Reference, assert_same_outputs, run_method, schedule
-from .tiny import CLASSES, MODELS, assert_same_state, base_optimizer, data, twin
+from .harness import N, Reference, assert_matches_reference, run_method, schedule
+from .tiny import CLASSES, MODELS, base_optimizer, data, twin
 
 SAF = {"num_samples": N, "num_classes": CLASSES, "store_dtype": "float32"}
 CASES = {
@@ -36,10 +36,7 @@ def test_channels_last_conv_model_matches_the_contiguous_reference(case: str) ->
     actual = run_method(method, x.contiguous(memory_format=torch.channels_last), y, plan)
     expected = reference.run(x, y, plan)
     assert model[0].weight.is_contiguous(memory_format=torch.channels_last)  # the step kept the layout
-    assert_same_state(model, ref_model, atol=1e-6)
-    assert_same_outputs(actual, expected)
-    if name == "mesa":
-        assert_same_state(method.ema, reference.mesa.ema, atol=1e-6)
+    assert_matches_reference(method, reference, model, ref_model, actual, expected)
 
 
 def _compiled_matches_reference(case: str, backend: str) -> None:
@@ -55,10 +52,8 @@ def _compiled_matches_reference(case: str, backend: str) -> None:
     reference = Reference(name, ref_model, base_optimizer("sgd", ref_model), **hp)
     actual = run_method(method, x, y, plan)
     expected = reference.run(x, y, plan)
-    assert_same_state(model, ref_model, atol=1e-6)
-    assert_same_outputs(actual, expected)
+    assert_matches_reference(method, reference, model, ref_model, actual, expected)
     if name == "mesa":
-        assert_same_state(method.ema, reference.mesa.ema, atol=1e-6)
         assert not isinstance(method.ema, type(compiled))  # the EMA copies the plain module
 
 

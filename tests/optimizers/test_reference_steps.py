@@ -7,8 +7,8 @@ import pytest
 
 import optimizers
 
-from .harness import N, Reference, assert_same_outputs, run_method, schedule
-from .tiny import CLASSES, MODELS, assert_same_state, base_optimizer, data, twin
+from .harness import N, Reference, assert_matches_reference, run_method, schedule
+from .tiny import CLASSES, MODELS, base_optimizer, data, twin
 
 SAF = {"num_samples": N, "num_classes": CLASSES, "store_dtype": "float32"}
 CASES = {
@@ -47,10 +47,7 @@ def _compare(case: str, model_kind: str, opt_kind: str) -> None:
     actual = run_method(method, x, y, plan)
     expected = reference.run(x, y, plan)
 
-    assert_same_state(model, ref_model, atol=1e-6)
-    assert_same_outputs(actual, expected)
-    if name == "mesa":
-        assert_same_state(method.ema, reference.mesa.ema, atol=1e-6)
+    assert_matches_reference(method, reference, model, ref_model, actual, expected)
 
 
 @pytest.mark.parametrize("model_kind", ["mlp", "convbn"])
