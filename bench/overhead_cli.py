@@ -1,6 +1,6 @@
 """`safbench overhead`: the cost of a training step per method, as a table and CSV rows with provenance.
 
-    safbench overhead [--device auto|cpu|cuda] [--shape cifar10|cifar100|imagenet] [--models M ...]
+    safbench overhead [--device auto|cpu|cuda] [--shape cifar10|cifar100|imagenet|fashionmnist] [--models M ...]
                       [--methods sgd sam esam saf saf_official mesa] [--batch-size B] [--precision bf16|fp32]
                       [--steps S] [--repeats R] [--warmup W] [--num-samples N] [--out DIR]
                       [--loop] [--store-report] [--no-steps]
@@ -91,7 +91,8 @@ def register(subparsers: Any) -> None:
                     "median and spread of images/s, ratio to SGD, memory, SAF store / MESA EMA bytes.")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--shape", choices=tuple(SHAPES), default="cifar10",
-                   help="cifar10/cifar100: 3x32x32 with 10/100 classes; imagenet: 3x224x224, 1000 classes")
+                   help="cifar10/cifar100: 3x32x32 with 10/100 classes; imagenet: 3x224x224, 1000 classes; "
+                        "fashionmnist: 1x28x28, 10 classes")
     p.add_argument("--models", nargs="+", metavar="MODEL",
                    help="default: resnet18 wrn28_10 pyramidnet110 (CIFAR on a GPU), cnn_small (CIFAR on the "
                         "CPU), timm:resnet50 timm:vit_small_patch32_224 (imagenet)")

@@ -317,3 +317,9 @@ def test_ratio_helpers_agree() -> None:
     assert oh.saf_store_bytes_per_rank(10, 3, 2, 2)[0] == optimizers.store.LogitStore(10, 3, 2).nbytes
     assert oh.saf_store_bytes_per_rank(10, 3, 2, 2, world_size=4) == (4 * 2 * 10, 4 * 2 * 6)
     assert oh.optimizer_for("timm:vit_small_patch32_224") == "adamw" and oh.optimizer_for("resnet18") == "sgd"
+
+
+def test_fashionmnist_shape_feeds_one_channel_28x28_images() -> None:
+    pool = oh.BatchPool.synthetic(oh.SHAPES["fashionmnist"], 8, 100, CPU, seed=0)
+    _, x, y = pool.batch(0)
+    assert x.shape == (8, 1, 28, 28) and int(y.max()) < 10
