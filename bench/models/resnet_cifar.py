@@ -6,9 +6,10 @@
   parameter-free shortcuts (option A: subsample, zero-pad channels): 269,722 parameters for 10 classes
   (the paper's "0.27M"). Small enough for CPU runs on 1x28x28 Fashion-MNIST.
 - `resnet14_s2`: the same family with 2 blocks per stage (6n+2, n=2; 172,218 parameters for 1x28x28 and
-  10 classes) and a stride-2 stem, so a 28x28 image is seen at 14/7/4 instead of 28/14/7: ~3.6x less
-  compute than at full resolution (0.25 ms per training sample on 2 CPU cores against 0.90 ms), which
-  is what lets a 15-run real-data grid finish in about an hour on 2 cores (grids/fashionmnist.yaml).
+  10 classes) and a stride-2 stem, so a 28x28 image is seen at 14/7/4 instead of 28/14/7. An SGD step
+  costs 0.27 ms per training sample on 2 CPU cores against 1.18 ms for resnet20
+  (results/overhead/steps-cpu-20261124T173325Z.csv), which lets the 15-run real-data grid
+  (grids/fashionmnist.yaml) finish in about an hour on 2 cores.
 
 Global average pooling makes both accept any input size (28x28, 32x32, ...).
 """

@@ -2,9 +2,7 @@
 
 `cnn_small` is three conv3x3-BN-ReLU-maxpool stages (32/64/128 channels by default), global average
 pooling and a linear layer: 94,186 parameters for 1x28x28 and 10 classes, 7.4M multiply-adds per image.
-Measured on this project's 2-core CPU box (SGD momentum 0.9, nesterov, lr 0.1 one-cycle, batch 128,
-wd 5e-4, no augmentation): 90.1% Fashion-MNIST test accuracy after 2 epochs, ~80 s per epoch on one
-thread (3x that when the cores are shared).
+Its step costs on 2 CPU cores are in results/overhead/steps-cpu-20261124T173325Z.csv.
 """
 
 from __future__ import annotations
