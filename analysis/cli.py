@@ -13,7 +13,8 @@ from typing import Any
 def _report(args: argparse.Namespace) -> int:
     from .report import build_report
 
-    report = build_report(args.results, args.out, args.reference, figures=not args.no_figures)
+    report = build_report(args.results, args.out, args.reference, figures=not args.no_figures,
+                          overhead=args.overhead)
     print(f"{report.report}: {len(report.rows)} runs, {len(report.tables)} tables, "
           f"{len(report.figures)} figures")
     return 0
@@ -31,6 +32,9 @@ def _add_report(subparsers: Any) -> None:
                    help="where REPORT.md, tables/ and figures/ go (default: --results)")
     p.add_argument("--reference", default=None,
                    help="published numbers (default: results/reference/paper_results.csv of this checkout)")
+    p.add_argument("--overhead", default=None,
+                   help="folder of `safbench overhead` CSVs for the cost section (default: RESULTS/overhead "
+                        "when it exists)")
     p.add_argument("--no-figures", action="store_true", help="tables and REPORT.md only")
     p.set_defaults(func=_report)
 

@@ -347,7 +347,44 @@ def plot_interpolation(lines: Sequence[tuple[str, dict]], title: str) -> Figure:
     return fig
 
 
+def plot_overhead(panels: Sequence[Any], title: str, per_row: int = 4) -> Figure:
+    """Step time / SGD's per method, one panel per measurement (overhead_report.StepPanel), with the
+    quartiles over rounds as error bars and each applicable upper target as a black tick."""
+    n_rows = math.ceil(len(panels) / per_row)
+    fig, axes = _panels(min(per_row, len(panels)), rows=n_rows, width=3.8, height=3.4)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, panel in zip(axes.flat, panels, strict=False):
+        methods = list(panel.bars)
+        for i, m in enumerate(methods):
+            median, q1, q3 = panel.bars[m]
+            err = None if _nan(q1) or _nan(q3) else [[max(median - q1, 0.0)], [max(q3 - median, 0.0)]]
+            ax.bar(i, median, yerr=err, color=_colour(m.removesuffix("_official")), capsize=3,
+                   hatch="//" if m.endswith("_official") else None)
+            ax.annotate(f"{median:.2f}", (i, median), ha="center", va="bottom", fontsize=7,
+                        xytext=(0, 3), textcoords="offset points")
+            for t in panel.targets:
+                if t.method == m and t.high is not None:
+                    ax.hlines(t.high, i - 0.45, i + 0.45, colors="k", lw=1.2)
+        ax.axhline(1.0, color="k", lw=0.6, ls=":")
+        ax.set_xticks(np.arange(len(methods)), methods, rotation=30, ha="right")
+        ax.set(title=panel.title, ylabel="step time / SGD's")
+        ax.title.set_fontsize(9)
+        ax.margins(y=0.12)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(title)
+    return fig
+
+
 # ---- which figures the data allow ----------------------------------------------------------------
+def save_overhead_figure(panels: Sequence[Any], folder: Path) -> FigureFile:
+    png, pdf = save_figure(plot_overhead(panels, "Step time per method (× SGD's)"), folder / "overhead_steps")
+    return FigureFile("Step time per method, every overhead measurement",
+                      "Median step time / SGD's over interleaved rounds (bars: quartiles); black ticks: the "
+                      "suite's upper targets on that device; hatched: the official SAF store design.", png, pdf)
+
+
+
 def _final_points(rows: pd.DataFrame) -> pd.DataFrame:
     ok = rows[rows["status"] == "finished"].copy()
     if ok.empty or "train_time_s" not in ok.columns:

@@ -38,6 +38,7 @@ REPORT = "REPORT.md"
 NOTES = "NOTES.md"  # hand-written conclusions kept beside a results folder's runs, quoted by the report
 TABLES_DIR = "tables"
 FIGURES_DIR = "figures"
+OVERHEAD_DIR = "overhead"  # where `safbench overhead` writes its CSVs inside a results folder
 
 BASE_METHOD = "sgd"  # our name for "the base optimizer alone" (SGD for ResNets, AdamW for ViTs)
 # Display order: base optimizers first, then the methods in the paper's order.
@@ -57,7 +58,7 @@ STATS = (("acc", "final_test_acc", 100.0), ("best_acc", "best_test_acc", 100.0),
          ("trace", "hessian_trace", 1.0))
 DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet",
                  "fashionmnist": "Fashion-MNIST", "synthetic": "Synthetic"}
-_SKIP_DIRS = {TABLES_DIR, FIGURES_DIR, "reference", ".grid", "__pycache__"}
+_SKIP_DIRS = {TABLES_DIR, FIGURES_DIR, OVERHEAD_DIR, "reference", ".grid", "__pycache__"}
 
 
 # ---- loading ------------------------------------------------------------------------------------
@@ -560,7 +561,7 @@ class Report:
     rows: pd.DataFrame
 
 
-def _write_table(out: Path, stem: str, title: str, numbers: pd.DataFrame, shown: pd.DataFrame,
+def write_table(out: Path, stem: str, title: str, numbers: pd.DataFrame, shown: pd.DataFrame,
                  extra_md: str = "", notes: Sequence[str] = ()) -> TableFile:
     folder = out / TABLES_DIR
     md = f"### {title}\n\n{render_markdown(shown)}"
@@ -584,7 +585,7 @@ def build_tables(rows: pd.DataFrame, agg: pd.DataFrame, reference: pd.DataFrame,
     for name in order:
         numbers = paper_table(agg, reference, name)
         title = f"Paper {name} ({', '.join(dataset_name(d) for d in tables[name])}): ours vs the paper"
-        written.append(_write_table(out, f"paper_{slug(name)}", title, numbers, format_paper_table(numbers),
+        written.append(write_table(out, f"paper_{slug(name)}", title, numbers, format_paper_table(numbers),
                                     notes=paper_notes(numbers)))
     datasets = list(dict.fromkeys(rows["dataset"].astype(str)))
     for d in sorted(datasets, key=lambda d: (d in {x for ds in tables.values() for x in ds}, d)):
@@ -596,7 +597,7 @@ def build_tables(rows: pd.DataFrame, agg: pd.DataFrame, reference: pd.DataFrame,
                 render_markdown(format_reference(ref))
         grids = sorted({g for gs in numbers["grids"] for g in str(gs).split(", ") if g})
         title = f"{dataset_name(d)}: every method (from {', '.join(grids)})"
-        written.append(_write_table(out, f"dataset_{slug(d)}", title, numbers, format_dataset_table(numbers),
+        written.append(write_table(out, f"dataset_{slug(d)}", title, numbers, format_dataset_table(numbers),
                                     extra_md=extra))
     io.write_csv(out / TABLES_DIR / "cells.csv", agg)
     io.write_csv(out / TABLES_DIR / "runs.csv", rows)
@@ -647,9 +648,29 @@ def _rel(path: Path, start: Path) -> str:
     return Path(os.path.relpath(path, start)).as_posix()
 
 
+def _shown_path(path: Path) -> str:
+    """Relative to the working directory when inside it: stable text in the committed report."""
+    return _rel(path, Path.cwd()) if path.is_absolute() and path.is_relative_to(Path.cwd()) else str(path)
+
+
+def _table_markdown(table: TableFile, report_dir: Path) -> str:
+    links = " · ".join(f"[{kind}]({_rel(p, report_dir)})" for kind, p in table.files.items())
+    return table.markdown + f"\nFiles: {links}\n"
+
+
+@dataclass
+class CostSection:
+    """The tables made from `safbench overhead` CSVs, with where those came from."""
+
+    folder: str
+    tables: list[TableFile]
+    commands: list[str]
+    provenance: list[str]
+
+
 def report_markdown(report_dir: Path, rows: pd.DataFrame, tables: Sequence[TableFile],
-                    figures: Sequence[Any], regenerate: str, reference: Path,
-                    conclusions: Sequence[tuple[str, str]] = ()) -> str:
+                    figures: Sequence[Any], regenerate: str, reference: str,
+                    conclusions: Sequence[tuple[str, str]] = (), cost: CostSection | None = None) -> str:
     status = rows["status"].value_counts()
     parts = [
         "# safbench report\n",
@@ -669,8 +690,14 @@ def report_markdown(report_dir: Path, rows: pd.DataFrame, tables: Sequence[Table
             parts.append(f"### From `{folder}`\n\n{text}\n")
     parts.append("## Tables\n")
     for t in tables:
-        links = " · ".join(f"[{kind}]({_rel(p, report_dir)})" for kind, p in t.files.items())
-        parts.append(t.markdown + f"\nFiles: {links}\n")
+        parts.append(_table_markdown(t, report_dir))
+    if cost is not None:
+        parts.append("## Cost per step (safbench overhead)\n")
+        parts.append(f"From the CSVs in `{cost.folder}`: every method timed in one process on the same model "
+                     "and batch, so the ratios to SGD are comparable; the absolute images/s are not, across "
+                     "files.\n")
+        for t in cost.tables:
+            parts.append(_table_markdown(t, report_dir))
     parts.append("## Figures\n")
     if not figures:
         parts.append("No figures (nothing to plot, or --no-figures).\n")
@@ -687,6 +714,10 @@ def report_markdown(report_dir: Path, rows: pd.DataFrame, tables: Sequence[Table
         parts.append("Commands that measured flatness (Hessian, landscapes) of the stored runs:\n")
         parts.append("```\n" + "\n".join(flat) + "\n```\n")
     parts.append("\n".join(provenance_lines(rows)) + "\n")
+    if cost is not None:
+        parts.append("Commands that measured the cost per step:\n")
+        parts.append("```\n" + "\n".join(cost.commands or ["(no command recorded)"]) + "\n```\n")
+        parts.append("\n".join(cost.provenance) + "\n")
     parts.append(f"Aggregates: [cells.csv]({_rel(report_dir / TABLES_DIR / 'cells.csv', report_dir)}) · "
                  f"rows: [runs.csv]({_rel(report_dir / TABLES_DIR / 'runs.csv', report_dir)})\n")
     return "\n".join(parts)
@@ -694,27 +725,41 @@ def report_markdown(report_dir: Path, rows: pd.DataFrame, tables: Sequence[Table
 
 def build_report(results: str | Path = "results", out: str | Path | None = None,
                  reference: str | Path | None = None, *, figures: bool = True,
-                 regenerate: str | None = None) -> Report:
-    """Read every stored run under `results`, write tables, figures and REPORT.md into `out`."""
+                 regenerate: str | None = None, overhead: str | Path | None = None) -> Report:
+    """Read every stored run under `results`, write tables, figures and REPORT.md into `out`.
+
+    The cost section comes from `overhead` (default: `results`/overhead when it exists).
+    """
+    from . import overhead_report
+
     results = Path(results)
     out = Path(out) if out is not None else results
     ref_path = Path(reference) if reference is not None else REFERENCE_CSV
     reference_frame = load_reference(ref_path)
     rows = prepare(load_rows(results), reference_frame)
+    overhead_dir = Path(overhead) if overhead is not None else results / OVERHEAD_DIR
+    found = overhead_report.load_overhead(overhead_dir) if overhead is not None or overhead_dir.is_dir() else {}
     io.check_writable(out)
     (out / TABLES_DIR).mkdir(parents=True, exist_ok=True)
     agg = aggregate(rows)
     tables = build_tables(rows, agg, reference_frame, out)
+    cost, steps = None, None
+    if found:
+        cost_tables, steps = overhead_report.build_overhead_tables(found, reference_frame, out)
+        cost = CostSection(_shown_path(overhead_dir), cost_tables, overhead_report.commands(found),
+                           overhead_report.provenance_lines(found))
     made = []
     if figures:
         from . import plots
 
         made = plots.make_figures(rows, agg, out / FIGURES_DIR)
+        if steps is not None and len(steps):
+            made.append(plots.save_overhead_figure(overhead_report.step_panels(steps), out / FIGURES_DIR))
     # Rebuilt from the arguments rather than sys.argv: the same line whoever called us.
     regenerate = regenerate or f"safbench report --results {results} --out {out}" + (
-        f" --reference {reference}" if reference is not None else "") + ("" if figures else " --no-figures")
+        f" --reference {reference}" if reference is not None else "") + (
+        f" --overhead {overhead}" if overhead is not None else "") + ("" if figures else " --no-figures")
     path = out / REPORT
-    shown_ref = _rel(ref_path, Path.cwd()) if ref_path.is_absolute() and ref_path.is_relative_to(Path.cwd()) \
-        else ref_path
-    io.write_text(path, report_markdown(out, rows, tables, made, regenerate, shown_ref, notes(results)))
-    return Report(out, path, tables, made, rows)
+    io.write_text(path, report_markdown(out, rows, tables, made, regenerate, _shown_path(ref_path),
+                                        notes(results), cost))
+    return Report(out, path, tables + (cost.tables if cost else []), made, rows)

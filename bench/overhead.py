@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 import optimizers
 from optimizers import Method, unwrap
-from optimizers.store import LogitStore
+from optimizers.store import EPOCH_BYTES, LogitStore
 from optimizers.trajectory import trajectory_loss
 
 from .config import RunConfig
@@ -437,7 +437,7 @@ class StepBenchmark:
         cfg, shape = self.config, self.config.data_shape
         requested = cfg.num_samples or shape.num_samples
         entries = shape.num_classes * 3  # e_tilde = 3, SAF's default
-        device_per = (2 * entries + 3 * 4) if "saf" in cfg.methods else 0  # float16 + int32 marks, device
+        device_per = (2 * entries + 3 * EPOCH_BYTES) if "saf" in cfg.methods else 0  # float16 + marks, device
         host_per = 4 * entries if OfficialSAF.name in cfg.methods else 0  # float32 numpy on the host
         n = fit_samples(requested, device_bytes_per_sample=device_per, host_bytes_per_sample=host_per,
                         device=self.device)
@@ -673,10 +673,10 @@ _ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4}
 def saf_store_bytes_per_rank(num_samples: int, num_classes: int, e_tilde: int, itemsize: int,
                              world_size: int = 1) -> tuple[int, int]:
     """(all, logits alone) of optimizers.store.LogitStore on one rank: ceil(N / world) rows (+1 spare
-    row under DDP) x e_tilde slots, each C logits plus the int32 epoch that wrote it."""
+    row under DDP) x e_tilde slots, each C logits plus the epoch that wrote it."""
     rows = math.ceil(num_samples / world_size) + (world_size > 1)
     logits = rows * e_tilde * num_classes * itemsize
-    return logits + rows * e_tilde * 4, logits
+    return logits + rows * e_tilde * EPOCH_BYTES, logits
 
 
 def official_store_bytes_per_rank(num_samples: int, num_classes: int, e_tilde: int) -> int:
@@ -807,7 +807,7 @@ def measure_store_exchange(device: torch.device, *, num_samples: int, batch_size
     """
     dtypes = ("float16", "bfloat16", "float32")
     per_sample = e_tilde * num_classes
-    marks = e_tilde * 4 * len(dtypes)  # the int32 written-epoch marks of our stores
+    marks = e_tilde * EPOCH_BYTES * len(dtypes)  # the written-epoch marks of our stores
     n = fit_samples(num_samples, device_bytes_per_sample=per_sample * sum(_ITEMSIZE[d] for d in dtypes) + marks,
                     host_bytes_per_sample=per_sample * 4, device=device)
     if n < batch_size:

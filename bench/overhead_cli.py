@@ -279,7 +279,7 @@ def format_store(rows: Sequence[StoreRow]) -> str:
                               [(r.design, r.dtype, str(r.world_size), _gb(r.logit_bytes_per_rank),
                                 _gb(r.bytes_per_rank), _gb(r.bytes_per_node), r.location or "") for r in sizes],
                               "llrrrrl")
-                     + "\n(allocated: ours adds an int32 per row and slot, the epoch that wrote it)")
+                     + "\n(allocated: ours adds an int16 per row and slot, the epoch that wrote it)")
     if exchange:
         e = exchange[0]
         parts.append(f"store exchange (read + write) per step, batch {e.batch_size}, N = {e.num_samples:,}:\n"

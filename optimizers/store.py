@@ -2,7 +2,8 @@
 
 Epoch e uses slot e % slots: the slot is read (it holds epoch e - slots) before it is overwritten.
 Each row also records the epoch that wrote it, so a sample the sampler skipped (drop_last) or a
-step that fp16 skipped gives no target rather than a stale or zero one.
+step that fp16 skipped gives no target rather than a stale or zero one. The mark is int16: for
+ImageNet it adds 7.7 MB, not int32's 15.4 MB, which keeps a node's fp16 store under 7.7 GB.
 The table lives on the model's device, in fp16/bf16 if asked, and every read and write is an
 indexed device op, so no step waits on the host.
 
@@ -21,6 +22,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+EPOCH_DTYPE = torch.int16  # the written-epoch marks; NCCL has no int16, so they cross ranks as int32
+EPOCH_BYTES = torch.iinfo(EPOCH_DTYPE).bits // 8
+MAX_EPOCH = torch.iinfo(EPOCH_DTYPE).max
 
 
 def _world(group: Any) -> tuple[int, int]:
@@ -42,7 +47,7 @@ class LogitStore:
         self.dump_row = rows if self.world_size > 1 else None
         shape = (self.slots, rows + (self.world_size > 1))
         self.table = torch.zeros(*shape, self.num_classes, dtype=dtype, device=device)
-        self.written = torch.full(shape, -1, dtype=torch.int32, device=device)  # epoch that wrote each row
+        self.written = torch.full(shape, -1, dtype=EPOCH_DTYPE, device=device)  # epoch that wrote each row
 
     @property
     def nbytes(self) -> int:
@@ -57,13 +62,15 @@ class LogitStore:
         all_indices = self._all_gather(indices)
         mine, rows = self._ownership(all_indices)
         logits = torch.where(mine[:, None], self.table[slot, rows], 0)
-        written = torch.where(mine, self.written[slot, rows], 0)
+        written = torch.where(mine, self.written[slot, rows], 0).int()
         dist.all_reduce(logits, group=self.group)  # exactly one rank contributes each row
         dist.all_reduce(written, group=self.group)
         part = slice(self.rank * indices.shape[0], (self.rank + 1) * indices.shape[0])
         return logits[part].float(), written[part] == wanted
 
     def write(self, epoch: int, indices: Tensor, logits: Tensor) -> None:
+        if not 0 <= epoch <= MAX_EPOCH:
+            raise ValueError(f"epoch={epoch} is outside the SAF store's range [0, {MAX_EPOCH}]")
         slot = epoch % self.slots
         indices = self._local(indices)
         values = logits.detach().to(self.table.device, self.table.dtype, non_blocking=True)

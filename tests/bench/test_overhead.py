@@ -89,14 +89,14 @@ def test_measure_steps_rows_for_every_method() -> None:
         assert r.images_per_s_min <= r.images_per_s_q1 <= r.images_per_s_median <= r.images_per_s_q3
         assert r.images_per_s_q3 <= r.images_per_s_max and r.images_per_s_median > 0
         assert r.peak_mem_bytes is None  # CUDA only
-    assert by["saf"].saf_store_bytes == n * 3 * (c * 2 + 4)  # float16 N x e_tilde x C + int32 marks
+    assert by["saf"].saf_store_bytes == n * 3 * (c * 2 + 2)  # float16 N x e_tilde x C + int16 marks
     assert by["saf_official"].saf_store_bytes == n * 3 * c * 4  # float32
     assert by["saf_official"].saf_store_location.startswith("host")
     net = create_model("mlp_tiny", num_classes=c)
     model_bytes = sum(t.numel() * 4 for t in net.state_dict().values())
     assert by["mesa"].mesa_ema_bytes == model_bytes
     # SAF's state = the model, its grads, momentum, and the store.
-    assert by["saf"].state_bytes == 3 * model_bytes + n * 3 * (c * 2 + 4)
+    assert by["saf"].state_bytes == 3 * model_bytes + n * 3 * (c * 2 + 2)
 
 
 def test_every_method_is_timed_active() -> None:
@@ -124,12 +124,12 @@ def test_config_errors_name_the_value(change: dict, message: str) -> None:
 
 
 def test_store_is_scaled_to_fit(monkeypatch: pytest.MonkeyPatch) -> None:
-    # 100 kB of "available" host memory, half for the stores, at 192 bytes per sample: ours 3 x (10 x 2
-    # + 4 for the written-epoch mark), the official 3 x 10 x 4.
+    # 100 kB of "available" host memory, half for the stores, at 186 bytes per sample: ours 3 x (10 x 2
+    # + 2 for the int16 written-epoch mark), the official 3 x 10 x 4.
     monkeypatch.setattr(oh, "host_available_bytes", lambda: 100_000)
     bench = oh.StepBenchmark(oh.OverheadConfig(**{**TINY, "num_samples": 50_000}))
-    assert bench.num_samples == 50_000 // 192 == 260
-    assert any("scaled from 50,000 to 260" in n for n in bench.notes)
+    assert bench.num_samples == 50_000 // 186 == 268
+    assert any("scaled from 50,000 to 268" in n for n in bench.notes)
 
 
 # ---- the real loop ---------------------------------------------------------------------------------
@@ -203,10 +203,11 @@ def test_imagenet_store_sizes_from_the_formula() -> None:
     rows = {(r.design, r.dtype, r.world_size): r for r in oh.store_sizes()}
     one = rows[("saf", "float16", 1)]
     assert one.logit_bytes_per_rank == 1_281_167 * 3 * 1000 * 2 == 7_687_002_000  # 7.69 GB for a whole node
-    assert one.bytes_per_rank == 7_687_002_000 + 1_281_167 * 3 * 4  # + the int32 written-epoch marks
+    assert one.bytes_per_rank == 7_687_002_000 + 1_281_167 * 3 * 2  # + the int16 written-epoch marks
+    assert one.bytes_per_node <= 7.7e9  # the target for a whole node in fp16
     eight = rows[("saf", "float16", 8)]
     assert eight.logit_bytes_per_rank == (160_146 + 1) * 3000 * 2  # ceil(N / 8) rows + the spare row
-    assert eight.bytes_per_node == 8 * eight.bytes_per_rank == 8 * (160_147 * 3 * 2004)
+    assert eight.bytes_per_node == 8 * eight.bytes_per_rank == 8 * (160_147 * 3 * 2002) <= 7.7e9
     official = rows[("saf_official", "float32", 8)]
     assert official.bytes_per_rank == 15_374_004_000  # 15.4 GB on every rank
     assert official.bytes_per_node == 122_992_032_000
@@ -313,9 +314,9 @@ def test_cli_cuda_without_gpu(capsys: pytest.CaptureFixture) -> None:
 
 
 def test_ratio_helpers_agree() -> None:
-    # One rank: what LogitStore really allocates. Four: ceil(10 / 4) + 1 = 4 rows x 2 slots x (3 x 2 + 4) bytes.
+    # One rank: what LogitStore really allocates. Four: ceil(10 / 4) + 1 = 4 rows x 2 slots x (3 x 2 + 2) bytes.
     assert oh.saf_store_bytes_per_rank(10, 3, 2, 2)[0] == optimizers.store.LogitStore(10, 3, 2).nbytes
-    assert oh.saf_store_bytes_per_rank(10, 3, 2, 2, world_size=4) == (4 * 2 * 10, 4 * 2 * 6)
+    assert oh.saf_store_bytes_per_rank(10, 3, 2, 2, world_size=4) == (4 * 2 * 8, 4 * 2 * 6)
     assert oh.optimizer_for("timm:vit_small_patch32_224") == "adamw" and oh.optimizer_for("resnet18") == "sgd"
 
 

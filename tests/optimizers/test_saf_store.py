@@ -91,8 +91,8 @@ def test_store_is_sized_n_by_e_tilde_by_c_in_its_dtype() -> None:
             e_tilde=3,
             store_dtype=dtype,
         )
-        # logits in the store's dtype plus the int32 epoch that wrote each row
-        assert method.extra_metrics()["saf_store_bytes"] == 37 * 3 * CLASSES * size + 37 * 3 * 4
+        # logits in the store's dtype plus the int16 epoch that wrote each row
+        assert method.extra_metrics()["saf_store_bytes"] == 37 * 3 * CLASSES * size + 37 * 3 * 2
 
 
 def test_indices_of_any_integer_dtype_work() -> None:
@@ -149,3 +149,29 @@ def test_absent_targets_add_nothing_and_the_mean_stays_over_the_batch() -> None:
     kl = (p_old * (torch.log_softmax(old / tau, 1) - torch.log_softmax(logits / tau, 1))).sum(1)
     expected = tau**2 * (kl * present).sum() / 4
     assert torch.allclose(saf_module.trajectory_loss(logits, old, tau, weights=present), expected, atol=1e-6)
+
+
+def test_epoch_marks_are_int16_and_an_epoch_past_their_range_is_refused() -> None:
+    from optimizers.store import LogitStore
+
+    store = LogitStore(5, CLASSES, 2)
+    assert store.written.dtype == torch.int16
+    store.write(32_767, torch.tensor([1]), torch.ones(1, CLASSES))
+    with pytest.raises(ValueError, match="epoch=32768 is outside"):
+        store.write(32_768, torch.tensor([1]), torch.ones(1, CLASSES))
+
+
+def test_a_store_saved_with_int32_marks_still_loads() -> None:
+    """Checkpoints from before the int16 marks hold int32 ones: they load and read the same."""
+    from optimizers.store import LogitStore
+
+    old = LogitStore(6, CLASSES, 2)
+    logits = torch.randn(3, CLASSES)
+    old.write(4, torch.tensor([0, 2, 5]), logits)
+    state = old.state_dict()
+    state["written"] = state["written"].to(torch.int32)
+    new = LogitStore(6, CLASSES, 2)
+    new.load_state_dict(state)
+    got, present = new.read(6, torch.tensor([5, 1, 0]))
+    assert present.tolist() == [True, False, True]
+    assert torch.equal(got[[0, 2]], logits[[2, 0]].half().float())
