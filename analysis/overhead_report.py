@@ -10,6 +10,7 @@ misses one says so.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,7 +22,20 @@ from bench.errors import UsageError
 
 from .report import MISSING, PAPER_SOURCE, TableFile, write_table
 
-KINDS = ("steps", "loop", "store")
+# The columns each kind's tables read (written by bench.overhead's row dataclasses).
+REQUIRED = {
+    "steps": ("model", "shape", "method", "batch_size", "precision", "channels_last", "num_samples",
+              "images_per_s_median", "time_ratio_median", "time_ratio_q1", "time_ratio_q3",
+              "throughput_ratio_median", "state_bytes", "peak_mem_bytes", "saf_store_bytes",
+              "saf_store_location", "mesa_ema_bytes", "device_name"),
+    "loop": ("model", "shape", "method", "batch_size", "step_images_per_s_median", "loop_images_per_s_median",
+             "loop_ratio_median", "loop_ratio_q1", "loop_ratio_q3", "device_name"),
+    "store": ("section", "design", "dtype", "num_samples", "num_classes", "world_size", "bytes_per_rank",
+              "bytes_per_node", "location", "batch_size", "exchange_ms_median", "exchange_ms_q1",
+              "exchange_ms_q3", "bytes_moved_per_step", "logits_case", "trajectory_loss_fp32_store",
+              "rel_loss_error", "device_name"),
+}
+KINDS = tuple(REQUIRED)
 BASE = "sgd"
 METHOD_ORDER = ("sgd", "adamw", "sam", "esam", "saf", "saf_official", "mesa")
 PROVENANCE = ("git_commit", "device_name", "torch_version", "command")
@@ -72,6 +86,10 @@ def load_overhead(folder: str | Path) -> dict[str, pd.DataFrame]:
                 frame = pd.read_csv(path)
             except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
                 raise UsageError(f"{path} is not a safbench overhead CSV ({type(exc).__name__})") from None
+            missing = [c for c in REQUIRED[kind] if c not in frame.columns]
+            if missing:
+                raise UsageError(f"{path} is not a safbench overhead {kind} CSV: it lacks "
+                                 f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
             frames.append(frame.assign(file=path.name))
         if frames:
             found[kind] = pd.concat(frames, ignore_index=True)
@@ -297,6 +315,12 @@ def format_store_error(error: pd.DataFrame) -> pd.DataFrame:
         f"< {DTYPE_ERROR_TARGET:g}": [_verdict(x) for x in error["met"]], "File": list(error["file"])})
 
 
+def _default_store_dtype() -> str:
+    from optimizers.saf import SAF
+
+    return inspect.signature(SAF.__init__).parameters["store_dtype"].default
+
+
 # ---- writing ---------------------------------------------------------------------------------------
 def commands(found: dict[str, pd.DataFrame]) -> list[str]:
     """The commands that made the CSVs, deduplicated, oldest first."""
@@ -361,7 +385,8 @@ def build_overhead_tables(found: dict[str, pd.DataFrame], reference: pd.DataFram
                 ("exchange", "SAF store: per-step read and write", format_store_exchange,
                  "The store's reads and writes for one batch, timed alone."),
                 ("dtype_error", "SAF store: what 16-bit storage changes in the loss", format_store_error,
-                 f"Target: relative change of the trajectory loss below {DTYPE_ERROR_TARGET:g}."))
+                 f"Target: relative change of the trajectory loss below {DTYPE_ERROR_TARGET:g}. SAF's "
+                 f"default store dtype is {_default_store_dtype()}."))
         for section, title, fmt, note in made:
             if len(parts[section]):
                 written.append(write_table(out, f"overhead_store_{section}", title, parts[section],
@@ -381,7 +406,8 @@ class StepPanel:
 def step_panels(steps: pd.DataFrame) -> list[StepPanel]:
     panels = []
     for r in steps.to_dict("records"):
-        title = f"{r['model']} · {r['shape']} · {r['device']}\nbatch {int(r['batch_size'])}, {r['precision']}"
+        stamp = Path(r["file"]).stem.rsplit("-", 1)[-1]  # steps-<device>-<stamp>.csv: tells reruns apart
+        title = f"{r['model']} · {r['shape']} · {r['device']}\nbatch {int(r['batch_size'])}, {r['precision']}, {stamp}"
         bars = {m: (r[f"{m}_ratio"], r[f"{m}_q1"], r[f"{m}_q3"]) for m in r["methods"]}
         panels.append(StepPanel(title, bars, [t for t in STEP_TARGETS if t.device in (None, r["device"])]))
     return panels

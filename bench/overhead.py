@@ -838,7 +838,7 @@ def measure_store_exchange(device: torch.device, *, num_samples: int, batch_size
         ms = Spread.of([1e3 * t / steps for t in timer.samples[name]])
         official = design == "saf_official"
         location = "host (numpy), GPU->CPU->numpy copy per step" if official else device.type
-        row_bytes = num_classes * _ITEMSIZE[dtype] + (0 if official else 4)  # ours reads/writes the mark too
+        row_bytes = num_classes * _ITEMSIZE[dtype] + (0 if official else EPOCH_BYTES)  # ours moves the mark too
         rows.append(StoreRow("exchange", design, dtype, n, num_classes, e_tilde, world_size=1,
                              bytes_per_rank=store.nbytes, location=location, batch_size=batch_size,
                              exchange_ms_median=ms.median, exchange_ms_q1=ms.q1, exchange_ms_q3=ms.q3,

@@ -220,7 +220,7 @@ def test_store_exchange_is_measured_for_both_designs() -> None:
         ("saf", "float16"), ("saf", "bfloat16"), ("saf", "float32"), ("saf_official", "float32")]
     for r in rows:
         assert r.exchange_ms_median > 0 and r.num_samples == 300 and r.batch_size == 16
-    assert rows[0].bytes_moved_per_step == 2 * 16 * (20 * 2 + 4)  # read + write, logits and the mark
+    assert rows[0].bytes_moved_per_step == 2 * 16 * (20 * 2 + 2)  # read + write, logits and the int16 mark
     assert rows[3].bytes_moved_per_step == 2 * 16 * 20 * 4
 
 

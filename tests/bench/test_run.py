@@ -73,7 +73,7 @@ def test_fashionmnist_subset_run(tmp_path: Path, fake_fashionmnist_root: Path) -
                   data_root=str(fake_fashionmnist_root), train_subset=32, batch_size=16, epochs=1)
     summary = run(config)
     assert summary["status"] == "finished" and summary["num_samples"] == 32
-    assert summary["extras"]["saf_store_bytes"] == 32 * 3 * (10 * 2 + 4)  # N x e_tilde x (C fp16 + int32 epoch)
+    assert summary["extras"]["saf_store_bytes"] == 32 * 3 * (10 * 2 + 2)  # N x e_tilde x (C fp16 + int16 epoch)
 
 
 @pytest.mark.parametrize("method", ["sgd", "esam", "saf", "mesa"])
