@@ -56,8 +56,9 @@ class MESA(Method):
             if self._float_buffers:
                 ema_b, src_b = zip(*self._float_buffers, strict=True)
                 torch._foreach_lerp_(list(ema_b), list(src_b), weight)
-            for e, b in self._other_buffers:
-                e.copy_(b)
+            if self._other_buffers:  # integer buffers (BatchNorm's num_batches_tracked) are copied
+                ema_b, src_b = zip(*self._other_buffers, strict=True)
+                torch._foreach_copy_(list(ema_b), list(src_b))
 
     def extra_metrics(self) -> dict[str, float]:
         ema_bytes = sum(t.numel() * t.element_size() for t in self.ema.state_dict().values())

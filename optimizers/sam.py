@@ -59,9 +59,9 @@ class SAM(Method):
         with self.perturbed_pass():
             x2, y2 = self.second_pass_batch(inputs, targets, clean_losses.detach())
             self.backward(self.criterion(self.forward(x2), y2))
-        with torch.no_grad():
-            for p, w in zip(perturbed, originals, strict=True):
-                p.copy_(w)  # exact restore; subtracting e would leave rounding error in w
+        if perturbed:
+            with torch.no_grad():
+                torch._foreach_copy_(perturbed, originals)  # exact restore; subtracting e would leave rounding error
         stepped = self.optimizer_step()
         self.after_step(stepped)
         return StepOutput(loss.detach(), logits.detach())
