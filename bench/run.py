@@ -265,7 +265,11 @@ class Run:
             correct += (logits.argmax(1) == targets).sum()
             count += targets.shape[0]
         self.model.train()
-        return loss_sum.item() / max(count, 1), correct.item() / max(count, 1)
+        # Each rank evaluated its own share of the test set: sum the shares (one sync per evaluation).
+        totals = torch.stack([loss_sum, correct.double(), torch.tensor(count, dtype=torch.float64,
+                                                                       device=self.device)])
+        loss_total, correct_total, count_total = all_reduce_sum(totals, self.info).tolist()
+        return loss_total / max(count_total, 1), correct_total / max(count_total, 1)
 
     def _maybe_hessian(self, epoch: int | None) -> None:
         """λ_max and trace at chosen epochs (hessian_epochs.csv) and at the end (hessian.json)."""

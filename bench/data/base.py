@@ -77,5 +77,6 @@ class Data(Protocol):
         ...
 
     def test_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(images, targets) over the whole test set in order: no augmentation, last batch kept."""
+        """This rank's share of the test set (samples i with i % world == rank), in order, no augmentation,
+        last batch kept: the ranks' shares are disjoint and cover the set, so summed counts are exact."""
         ...

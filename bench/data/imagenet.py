@@ -110,7 +110,9 @@ class StreamingData:
         o = self.opts
         self.sampler = ShardedSampler(self.num_samples, o.batch_size, o.rank, o.world_size, o.seed)
         self._train_loader = self._loader(self.train_set, o.batch_size, sampler=self.sampler, drop_last=True)
-        self._test_loader = self._loader(self.test_set, o.test_batch_size, shuffle=False)
+        # This rank's share of the test set, in order: samples i with i % world == rank.
+        self._test_loader = self._loader(self.test_set, o.test_batch_size,
+                                         sampler=range(o.rank, len(self.test_set), o.world_size))
 
     def _loader(self, dataset: Dataset, batch_size: int, **kw) -> DataLoader:
         o = self.opts

@@ -123,7 +123,7 @@ class ResidentData:
             yield idx, self._normalize(x, self.opts.channels_last), self.train_targets[idx]
 
     def test_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        bs = self.opts.test_batch_size
-        for start in range(0, self.test_images.shape[0], bs):
-            x = self.test_images[start : start + bs]
-            yield self._normalize(x, self.opts.channels_last), self.test_targets[start : start + bs]
+        bs, share = self.opts.test_batch_size, slice(self.opts.rank, None, self.opts.world_size)
+        images, targets = self.test_images[share], self.test_targets[share]  # strided views, no copy
+        for start in range(0, images.shape[0], bs):
+            yield self._normalize(images[start : start + bs], self.opts.channels_last), targets[start : start + bs]

@@ -243,6 +243,14 @@ def test_sharding_two_ranks(name: str, fake_imagenet_root: Path) -> None:
         # Every rank draws the same permutation the single-process run uses, then interleaves.
         full = torch.cat([i for i, _, _ in single.train_batches(epoch)]).tolist()
         assert sorted(shards[0] + shards[1]) == sorted(full[:n])
+    # Evaluation is sharded too: rank r gets test samples r, r + 2, ... so the shares interleave
+    # back into the single process's test set, every sample once.
+    tests = [list(d.test_batches()) for d in ranks]
+    xs, ys = (torch.cat([b[k] for b in single.test_batches()]) for k in (0, 1))
+    for r, batches in enumerate(tests):
+        assert torch.equal(torch.cat([x for x, _ in batches]), xs[r::2])
+        assert torch.equal(torch.cat([y for _, y in batches]), ys[r::2])
+    assert sum(len(y) for b in tests for _, y in b) == len(ys) > 1
 
 
 def test_train_subset(fake_cifar10: FakeDataset) -> None:

@@ -135,6 +135,30 @@ def test_torchrun_cell_on_two_cpu_processes_survives_a_killed_grid(tmp_path: Pat
     pd.testing.assert_frame_equal(metrics(cell.run_dir), metrics(tmp_path / "ref" / cell.name))
 
 
+def _full_test_set_eval(run_dir: Path) -> tuple[float, float]:
+    """(loss, accuracy) of the run's final weights over its whole test set, in this one process."""
+    import torch
+    import yaml
+
+    from bench.data import create_data
+    from bench.models import create_model
+
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    data = create_data(cfg["dataset"], root=None, batch_size=cfg["batch_size"], device="cpu", seed=cfg["seed"],
+                       train_subset=cfg["train_subset"], num_workers=0)
+    net = create_model(cfg["model"], num_classes=data.num_classes, in_chans=data.in_chans, img_size=data.img_size)
+    net.load_state_dict(torch.load(run_dir / "checkpoint.pt", weights_only=False)["model"])
+    net.eval()
+    loss, correct, count = 0.0, 0, 0
+    with torch.no_grad():
+        for x, y in data.test_batches():
+            logits = net(x)
+            loss += torch.nn.functional.cross_entropy(logits, y, reduction="sum").item()
+            correct += int((logits.argmax(1) == y).sum())
+            count += len(y)
+    return loss / count, correct / count
+
+
 @pytest.mark.slow
 @pytest.mark.ddp
 def test_torchrun_run_without_resume_into_a_fresh_directory(tmp_path: Path) -> None:
@@ -151,6 +175,10 @@ def test_torchrun_run_without_resume_into_a_fresh_directory(tmp_path: Path) -> N
     (run_dir,) = out.iterdir()
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["world_size"] == 2
+    # Each rank evaluated half the test set; the summed shares equal one process evaluating it all.
+    loss, acc = _full_test_set_eval(run_dir)
+    last = pd.read_csv(run_dir / "metrics.csv").iloc[-1]
+    assert last["test_acc"] == acc and last["test_loss"] == pytest.approx(loss, rel=1e-5)
     before = snapshot(out)
     again = subprocess.run([*torchrun, *run_args], cwd=REPO, env=cli_env(), capture_output=True, text=True,
                            timeout=180)
