@@ -60,7 +60,7 @@ def _download(layout: CifarLayout, root: Path) -> None:
     cls = tvd.CIFAR10 if layout is CIFAR10 else tvd.CIFAR100
     try:
         cls(str(root), train=True, download=True)
-    except OSError as e:  # URLError is an OSError
+    except (OSError, RuntimeError) as e:  # URLError is an OSError; a failed checksum a RuntimeError
         raise UsageError(f"could not download {layout.name} into {root}: {e}") from None
 
 

@@ -73,7 +73,7 @@ def load_fashionmnist(root: Path, download: bool = False) -> tuple[tuple, tuple]
 
         try:
             tvd.FashionMNIST(str(root), train=True, download=True)  # fills root/FashionMNIST/raw
-        except OSError as e:
+        except (OSError, RuntimeError) as e:  # URLError is an OSError; a failed checksum a RuntimeError
             raise UsageError(f"could not download fashionmnist into {root}: {e}") from None
         files = find_fashionmnist(root)
     if files is None:

@@ -12,7 +12,7 @@ import torch
 import bench.data.fashionmnist as fm
 from bench.data import DATASETS, MEAN_STD, create_data, register_dataset
 from bench.errors import UsageError
-from tests.bench.conftest import FakeDataset
+from tests.bench.conftest import FakeDataset, write_cifar10, write_cifar100, write_fashionmnist
 
 CPU = torch.device("cpu")
 
@@ -324,3 +324,48 @@ def test_imagenet_subset_and_channels_last(fake_imagenet_root: Path) -> None:
     assert sorted(idx.tolist()) == [0, 1, 2, 3]
     x = next(data.train_batches(0))[1]
     assert x.is_contiguous(memory_format=torch.channels_last)
+
+
+# ---- --download (torchvision's downloaders replaced: nothing is fetched) -------------------------
+class FakeDownloader:
+    """Stands in for a torchvision dataset class: records the call and writes the files, or fails."""
+
+    def __init__(self, write, error: Exception | None = None) -> None:
+        self.write, self.error, self.calls = write, error, []
+
+    def __call__(self, root: str, train: bool, download: bool) -> None:
+        self.calls.append((root, train, download))
+        if self.error is not None:
+            raise self.error
+        self.write(Path(root))
+
+
+@pytest.mark.parametrize(("name", "cls", "write"), [
+    ("cifar10", "CIFAR10", write_cifar10), ("cifar100", "CIFAR100", write_cifar100),
+    ("fashionmnist", "FashionMNIST", lambda root: write_fashionmnist(root / "FashionMNIST" / "raw", gz=False)),
+])
+@pytest.mark.usefixtures("no_system_fashionmnist")
+def test_download_fetches_once_then_reads_the_files(name: str, cls: str, write, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import torchvision.datasets as tvd
+
+    fake = FakeDownloader(write)
+    monkeypatch.setattr(tvd, cls, fake)
+    data = make(name, tmp_path, download=True)
+    assert fake.calls == [(str(tmp_path), True, True)] and data.num_samples > 0
+    make(name, tmp_path, download=True)  # the files are there now: no second download
+    assert len(fake.calls) == 1
+
+
+@pytest.mark.parametrize("error", [OSError("<urlopen error [Errno -3] Temporary failure in name resolution>"),
+                                   RuntimeError("File not found or corrupted.")])
+@pytest.mark.parametrize(("name", "cls"), [("cifar10", "CIFAR10"), ("fashionmnist", "FashionMNIST")])
+@pytest.mark.usefixtures("no_system_fashionmnist")
+def test_failed_download_is_one_line(name: str, cls: str, error: Exception, tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import torchvision.datasets as tvd
+
+    monkeypatch.setattr(tvd, cls, FakeDownloader(None, error))
+    with pytest.raises(UsageError, match=f"could not download {name} into {tmp_path}") as e:
+        make(name, tmp_path, download=True)
+    assert "\n" not in str(e.value) and str(error) in str(e.value)
