@@ -168,14 +168,13 @@ def share_table(table: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
     paper = reference[reference["source"].astype(str).str.startswith(PAPER_SOURCE)]
     rows = []
     for m in [m for m in _methods(table) if m != BASE]:
+        spans = {"paper": pd.to_numeric(paper.loc[paper["method"] == m, "throughput_vs_base"], errors="coerce")}
+        spans |= {device: table.loc[table["device"] == device, f"{m}_share"] for device in ("cuda", "cpu")}
         row: dict[str, object] = {"method": m}
-        p = pd.to_numeric(paper.loc[paper["method"] == m, "throughput_vs_base"], errors="coerce").dropna()
-        row["paper_min"], row["paper_max"], row["paper_n"] = (p.min(), p.max(), len(p)) if len(p) else \
-            (math.nan, math.nan, 0)
-        for device in ("cuda", "cpu"):
-            s = table.loc[table["device"] == device, f"{m}_share"].dropna() if f"{m}_share" in table else []
-            row[f"{device}_min"], row[f"{device}_max"], row[f"{device}_n"] = \
-                (min(s), max(s), len(s)) if len(s) else (math.nan, math.nan, 0)
+        for who, values in spans.items():
+            values = values.dropna()
+            row[f"{who}_min"], row[f"{who}_max"] = (values.min(), values.max()) if len(values) else (math.nan,) * 2
+            row[f"{who}_n"] = len(values)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -281,7 +280,7 @@ def store_tables(store: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 
 def _verdict(x: object) -> str:
-    return "" if x is None or _missing(x) else ("yes" if x else "no")
+    return "" if _missing(x) else ("yes" if x else "no")
 
 
 def format_store_size(size: pd.DataFrame) -> pd.DataFrame:
@@ -327,7 +326,9 @@ def commands(found: dict[str, pd.DataFrame]) -> list[str]:
     frames = [f for f in found.values() if "command" in f.columns]
     if not frames:
         return []
-    rows = pd.concat(frames, ignore_index=True).sort_values("measured_at", kind="stable")
+    rows = pd.concat(frames, ignore_index=True)
+    if "measured_at" in rows.columns:
+        rows = rows.sort_values("measured_at", kind="stable")
     return list(dict.fromkeys(str(c) for c in rows["command"].dropna()))
 
 
