@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +102,17 @@ def device_kind(device_name: str) -> str:
     return "cpu" if str(device_name).startswith("cpu") else "cuda"
 
 
+def device_label(device_name: str) -> str:
+    """Short and telling: "cpu, 2 threads" (the thread count moves CPU ratios) or the GPU's name."""
+    name = str(device_name)
+    if device_kind(name) == "cuda":
+        return name
+    threads = re.search(r"(\d+) threads?\)", name)
+    if not threads:
+        return "cpu"
+    return f"cpu, {threads.group(1)} thread{'' if threads.group(1) == '1' else 's'}"
+
+
 def _method_rank(method: str) -> int:
     return METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
 
@@ -152,7 +164,8 @@ def fmt_ratio(median: object, q1: object = math.nan, q3: object = math.nan) -> s
 
 def format_step_table(table: pd.DataFrame) -> pd.DataFrame:
     cols: dict[str, list[str]] = {
-        "Device": list(table["device"]), "Shape": list(table["shape"]), "Model": list(table["model"]),
+        "Device": [device_label(d) for d in table["device_name"]], "Shape": list(table["shape"]),
+        "Model": list(table["model"]),
         "Batch": [str(int(b)) for b in table["batch_size"]], "Precision": list(table["precision"]),
         "SGD img/s": [MISSING if _missing(x) else f"{x:.0f}" for x in table["base_images_per_s"]]}
     for m in [m for m in _methods(table) if m != BASE]:
@@ -235,7 +248,8 @@ def format_memory_table(table: pd.DataFrame) -> pd.DataFrame:
         return [MISSING if _missing(r.get(f"{m}_store_bytes")) else
                 f"{fmt_bytes(r[f'{m}_store_bytes'])} ({r[f'{m}_store_location']})" for r in recs]
 
-    cols = {"Device": list(table["device"]), "Shape": list(table["shape"]), "Model": list(table["model"]),
+    cols = {"Device": [device_label(d) for d in table["device_name"]], "Shape": list(table["shape"]),
+            "Model": list(table["model"]),
             "Samples (N)": [f"{int(n):,}" for n in table["num_samples"]],
             "SAF store": store("saf"), "Official SAF store": store("saf_official"),
             "MESA EMA": [fmt_bytes(r.get("mesa_ema_bytes")) for r in recs]}
@@ -256,7 +270,8 @@ def loop_table(loop: pd.DataFrame) -> pd.DataFrame:
 
 def format_loop_table(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
-        "Device": list(table["device"]), "Shape": list(table["shape"]), "Model": list(table["model"]),
+        "Device": [device_label(d) for d in table["device_name"]], "Shape": list(table["shape"]),
+        "Model": list(table["model"]),
         "Method": list(table["method"]), "Batch": [str(int(b)) for b in table["batch_size"]],
         "Step-only img/s": [f"{x:.0f}" for x in table["step_images_per_s_median"]],
         "Loop img/s": [f"{x:.0f}" for x in table["loop_images_per_s_median"]],
@@ -297,7 +312,7 @@ def format_store_size(size: pd.DataFrame) -> pd.DataFrame:
 
 def format_store_exchange(exchange: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
-        "Device": list(exchange["device"]), "Design": list(exchange["design"]),
+        "Device": [device_label(d) for d in exchange["device_name"]], "Design": list(exchange["design"]),
         "Dtype": list(exchange["dtype"]), "Where": list(exchange["location"]),
         "Batch": [str(int(b)) for b in exchange["batch_size"]],
         "Read + write per step (ms)": [fmt_ratio(*r) for r in exchange[
@@ -408,7 +423,8 @@ def step_panels(steps: pd.DataFrame) -> list[StepPanel]:
     panels = []
     for r in steps.to_dict("records"):
         stamp = Path(r["file"]).stem.rsplit("-", 1)[-1]  # steps-<device>-<stamp>.csv: tells reruns apart
-        title = f"{r['model']} · {r['shape']} · {r['device']}\nbatch {int(r['batch_size'])}, {r['precision']}, {stamp}"
+        title = (f"{r['model']} · {r['shape']} · {device_label(r['device_name'])}\n"
+                 f"batch {int(r['batch_size'])}, {r['precision']}, {stamp}")
         bars = {m: (r[f"{m}_ratio"], r[f"{m}_q1"], r[f"{m}_q3"]) for m in r["methods"]}
         panels.append(StepPanel(title, bars, [t for t in STEP_TARGETS if t.device in (None, r["device"])]))
     return panels

@@ -71,7 +71,8 @@ def test_step_ratios_shown_are_the_csvs(measured: Path, tmp_path: Path) -> None:
         r = csv.loc[method]
         assert shown[f"{method} ×"] == \
             f"{r.time_ratio_median:.2f} [{r.time_ratio_q1:.2f}–{r.time_ratio_q3:.2f}]", method
-    assert shown["Device"] == "cpu" and shown["File"] == steps_csv.name
+    assert shown["Device"] == ohr.device_label(csv["device_name"].iloc[0]) and shown["File"] == steps_csv.name
+    assert shown["Device"].startswith("cpu, ") and "thread" in shown["Device"]
 
 
 def test_no_overhead_folder_no_cost_section(measured: Path, tmp_path: Path) -> None:
@@ -159,6 +160,11 @@ def test_share_table_sets_the_papers_range_beside_ours() -> None:
     shown = ohr.format_share_table(shares.reset_index()).set_index("Method")
     assert shown.at["sam", "Ours, GPU (measurements)"] == rp.MISSING
     assert shown.at["saf", "Ours, GPU (measurements)"] == f"{1 / 1.005:.3f} (1)"
+
+
+def test_device_labels() -> None:
+    assert ohr.device_label(CPU_NAME) == "cpu, 1 thread" and ohr.device_label(GPU_NAME) == GPU_NAME
+    assert ohr.device_label("cpu: x86_64 (8 cores, 8 threads)") == "cpu, 8 threads"
 
 
 def test_store_verdicts() -> None:
