@@ -694,8 +694,10 @@ def report_markdown(report_dir: Path, rows: pd.DataFrame, tables: Sequence[Table
     if cost is not None:
         parts.append("## Cost per step (safbench overhead)\n")
         parts.append(f"From the CSVs in `{cost.folder}`: every method timed in one process on the same model "
-                     "and batch, so the ratios to SGD are comparable; the absolute images/s are not, across "
-                     "files.\n")
+                     "and batch, interleaved round by round, so the ratios to SGD hold even on a machine whose "
+                     "speed drifts; the absolute images/s are not comparable across files. The runs' own "
+                     "images/s in the tables above are taken minutes or hours apart, one run after another, "
+                     "and move with the machine's load; where the two disagree, trust these.\n")
         for t in cost.tables:
             parts.append(_table_markdown(t, report_dir))
     parts.append("## Figures\n")
