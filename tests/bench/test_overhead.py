@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 
 import pandas as pd
@@ -326,18 +325,3 @@ def test_fashionmnist_shape_feeds_one_channel_28x28_images() -> None:
     _, x, y = pool.batch(0)
     assert x.shape == (8, 1, 28, 28) and int(y.max()) < 10
 
-
-def test_gpu_script_runs_valid_commands_for_every_shape() -> None:
-    """scripts/gpu_overhead.sh cannot be run here (no GPU): at least its commands must parse."""
-    from bench.cli import build_parser
-
-    script = Path(__file__).resolve().parents[2] / "scripts" / "gpu_overhead.sh"
-    calls = [shlex.split(ln.split("-m bench ", 1)[1].replace('"$OUT"', "out"))
-             for ln in script.read_text().splitlines() if "-m bench " in ln and not ln.lstrip().startswith("#")]
-    parser = build_parser()
-    parsed = [parser.parse_args(argv) for argv in calls]
-    overhead = [a for a in parsed if a.command == "overhead"]
-    assert {a.shape for a in overhead} == {"cifar10", "cifar100", "imagenet"}
-    assert all(a.device == "cuda" for a in overhead)
-    assert any(a.loop for a in overhead) and any(a.store_report for a in overhead)
-    assert parsed[-1].command == "report"
