@@ -353,7 +353,8 @@ def provenance_lines(found: dict[str, pd.DataFrame]) -> list[str]:
     for col in ("git_commit", "device_name", "torch_version"):
         if col in files.columns:
             counts = files[col].fillna("unknown").astype(str).value_counts(sort=False)
-            lines.append(f"- {col}: " + "; ".join(f"`{v}` ({n} files)" for v, n in counts.items()))
+            lines.append(f"- {col}: " + "; ".join(f"`{v}` ({n} file{'' if n == 1 else 's'})"
+                                                 for v, n in counts.items()))
     return lines
 
 
