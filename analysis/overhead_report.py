@@ -10,18 +10,19 @@ misses one says so.
 
 from __future__ import annotations
 
-import inspect
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from bench.errors import UsageError
+from optimizers.saf import DEFAULT_STORE_DTYPE
 
-from .report import MISSING, PAPER_SOURCE, TableFile, write_table
+from . import report as rp
+from .report import MISSING, PAPER_SOURCE, TableFile, is_missing, write_table
 
 # The columns each kind's tables read (written by bench.overhead's row dataclasses).
 REQUIRED = {
@@ -37,9 +38,10 @@ REQUIRED = {
               "rel_loss_error", "device_name"),
 }
 KINDS = tuple(REQUIRED)
-BASE = "sgd"
-METHOD_ORDER = ("sgd", "adamw", "sam", "esam", "saf", "saf_official", "mesa")
-PROVENANCE = ("git_commit", "device_name", "torch_version", "command")
+BASE = rp.BASE_METHOD
+# The report's order with the official SAF store design beside ours.
+_SAF = rp.METHOD_ORDER.index("saf") + 1
+METHOD_ORDER = (*rp.METHOD_ORDER[:_SAF], "saf_official", *rp.METHOD_ORDER[_SAF:])
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,7 @@ def load_overhead(folder: str | Path) -> dict[str, pd.DataFrame]:
             if missing:
                 raise UsageError(f"{path} is not a safbench overhead {kind} CSV: it lacks "
                                  f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
-            frames.append(frame.assign(file=path.name))
+            frames.append(with_device(frame.assign(file=path.name)))
         if frames:
             found[kind] = pd.concat(frames, ignore_index=True)
     return found
@@ -100,6 +102,11 @@ def load_overhead(folder: str | Path) -> dict[str, pd.DataFrame]:
 def device_kind(device_name: str) -> str:
     """"cpu" or "cuda" from the provenance device name (CPUs are recorded as "cpu: <model> ...")."""
     return "cpu" if str(device_name).startswith("cpu") else "cuda"
+
+
+def with_device(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with a `device` column ("cpu"/"cuda"), which picks the targets that apply to a row."""
+    return frame.assign(device=[device_kind(d) for d in frame["device_name"]])
 
 
 def device_label(device_name: str) -> str:
@@ -117,12 +124,19 @@ def _method_rank(method: str) -> int:
     return METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
 
 
-def _missing(x: object) -> bool:
-    return x is None or (isinstance(x, float) and math.isnan(x))
-
-
 # ---- step ratios ---------------------------------------------------------------------------------
-MEASUREMENT = ("file", "device_name", "shape", "model", "batch_size", "precision", "channels_last")
+MEASUREMENT = ("file", "device", "device_name", "shape", "model", "batch_size", "precision", "channels_last")
+ORDER = ["device", "shape", "model", "file"]  # how every table lists its rows
+
+
+def _measurements(steps: pd.DataFrame) -> Iterator[tuple[dict[str, object], pd.DataFrame]]:
+    """(the measurement's key columns, its rows: one per method) for each file × model."""
+    for key, g in steps.groupby(list(MEASUREMENT), sort=False, dropna=False):
+        yield dict(zip(MEASUREMENT, key, strict=True)), g
+
+
+def _ordered(table: pd.DataFrame) -> pd.DataFrame:
+    return table.sort_values(ORDER, kind="stable", ignore_index=True)
 
 
 def step_table(steps: pd.DataFrame) -> pd.DataFrame:
@@ -132,9 +146,7 @@ def step_table(steps: pd.DataFrame) -> pd.DataFrame:
     `<method>_share` (images/s / SGD's) and `missed` (the targets this row fails, "" when none).
     """
     out = []
-    for key, g in steps.groupby(list(MEASUREMENT), sort=False, dropna=False):
-        row = dict(zip(MEASUREMENT, key, strict=True))
-        row["device"] = device_kind(row["device_name"])
+    for row, g in _measurements(steps):
         base = g[g["method"] == BASE]
         row["base_images_per_s"] = base["images_per_s_median"].iloc[0] if len(base) else math.nan
         missed = []
@@ -148,8 +160,7 @@ def step_table(steps: pd.DataFrame) -> pd.DataFrame:
         row["methods"] = sorted(g["method"], key=_method_rank)
         row["missed"] = "; ".join(missed)
         out.append(row)
-    table = pd.DataFrame(out)
-    return table.sort_values(["device", "shape", "model", "file"], kind="stable", ignore_index=True)
+    return _ordered(pd.DataFrame(out))
 
 
 def _methods(table: pd.DataFrame) -> list[str]:
@@ -157,9 +168,9 @@ def _methods(table: pd.DataFrame) -> list[str]:
 
 
 def fmt_ratio(median: object, q1: object = math.nan, q3: object = math.nan) -> str:
-    if _missing(median):
+    if is_missing(median):
         return MISSING
-    return f"{median:.2f}" if _missing(q1) or _missing(q3) else f"{median:.2f} [{q1:.2f}–{q3:.2f}]"
+    return f"{median:.2f}" if is_missing(q1) or is_missing(q3) else f"{median:.2f} [{q1:.2f}–{q3:.2f}]"
 
 
 def format_step_table(table: pd.DataFrame) -> pd.DataFrame:
@@ -167,7 +178,7 @@ def format_step_table(table: pd.DataFrame) -> pd.DataFrame:
         "Device": [device_label(d) for d in table["device_name"]], "Shape": list(table["shape"]),
         "Model": list(table["model"]),
         "Batch": [str(int(b)) for b in table["batch_size"]], "Precision": list(table["precision"]),
-        "SGD img/s": [MISSING if _missing(x) else f"{x:.0f}" for x in table["base_images_per_s"]]}
+        "SGD img/s": [MISSING if is_missing(x) else f"{x:.0f}" for x in table["base_images_per_s"]]}
     for m in [m for m in _methods(table) if m != BASE]:
         cols[f"{m} ×"] = [fmt_ratio(*(r.get(f"{m}_{s}") for s in ("ratio", "q1", "q3")))
                           for r in table.to_dict("records")]
@@ -213,9 +224,7 @@ def format_share_table(shares: pd.DataFrame) -> pd.DataFrame:
 def memory_table(steps: pd.DataFrame) -> pd.DataFrame:
     """The extra state of SAF (store) and MESA (EMA) and every method's peak memory, per measurement."""
     rows = []
-    for key, g in steps.groupby(list(MEASUREMENT), sort=False, dropna=False):
-        row = dict(zip(MEASUREMENT, key, strict=True))
-        row["device"] = device_kind(row["device_name"])
+    for row, g in _measurements(steps):
         by = g.set_index("method")
         for m in ("saf", "saf_official"):
             if m in by.index:
@@ -228,11 +237,11 @@ def memory_table(steps: pd.DataFrame) -> pd.DataFrame:
             row[f"{m}_state_bytes"] = by.at[m, "state_bytes"]
         row["num_samples"] = g["num_samples"].iloc[0]
         rows.append(row)
-    return pd.DataFrame(rows).sort_values(["device", "shape", "model", "file"], kind="stable", ignore_index=True)
+    return _ordered(pd.DataFrame(rows))
 
 
 def fmt_bytes(n: object) -> str:
-    if _missing(n):
+    if is_missing(n):
         return MISSING
     n = float(n)
     for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
@@ -245,7 +254,7 @@ def format_memory_table(table: pd.DataFrame) -> pd.DataFrame:
     recs = table.to_dict("records")
 
     def store(m: str) -> list[str]:
-        return [MISSING if _missing(r.get(f"{m}_store_bytes")) else
+        return [MISSING if is_missing(r.get(f"{m}_store_bytes")) else
                 f"{fmt_bytes(r[f'{m}_store_bytes'])} ({r[f'{m}_store_location']})" for r in recs]
 
     cols = {"Device": [device_label(d) for d in table["device_name"]], "Shape": list(table["shape"]),
@@ -263,9 +272,7 @@ def format_memory_table(table: pd.DataFrame) -> pd.DataFrame:
 
 # ---- the loop and the store ------------------------------------------------------------------------
 def loop_table(loop: pd.DataFrame) -> pd.DataFrame:
-    t = loop.assign(device=[device_kind(d) for d in loop["device_name"]])
-    t["met"] = t["loop_ratio_median"] >= LOOP_TARGET
-    return t.sort_values(["device", "shape", "model", "file"], kind="stable", ignore_index=True)
+    return _ordered(loop.assign(met=loop["loop_ratio_median"] >= LOOP_TARGET))
 
 
 def format_loop_table(table: pd.DataFrame) -> pd.DataFrame:
@@ -283,7 +290,6 @@ def format_loop_table(table: pd.DataFrame) -> pd.DataFrame:
 
 def store_tables(store: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """The store CSV's three sections, each with its verdict column where a target applies."""
-    store = store.assign(device=[device_kind(d) for d in store["device_name"]])
     size = store[store["section"] == "size"].copy()
     size["node_target_met"] = [b <= NODE_STORE_TARGET_BYTES if (d == "saf" and t == "float16") else None
                                for d, t, b in zip(size["design"], size["dtype"], size["bytes_per_node"],
@@ -295,7 +301,7 @@ def store_tables(store: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 
 def _verdict(x: object) -> str:
-    return "" if _missing(x) else ("yes" if x else "no")
+    return "" if is_missing(x) else ("yes" if x else "no")
 
 
 def format_store_size(size: pd.DataFrame) -> pd.DataFrame:
@@ -327,12 +333,6 @@ def format_store_error(error: pd.DataFrame) -> pd.DataFrame:
         "Trajectory loss (fp32 store)": [f"{x:.4g}" for x in error["trajectory_loss_fp32_store"]],
         "Relative change": [f"{x:.2e}" for x in error["rel_loss_error"]],
         f"< {DTYPE_ERROR_TARGET:g}": [_verdict(x) for x in error["met"]], "File": list(error["file"])})
-
-
-def _default_store_dtype() -> str:
-    from optimizers.saf import SAF
-
-    return inspect.signature(SAF.__init__).parameters["store_dtype"].default
 
 
 # ---- writing ---------------------------------------------------------------------------------------
@@ -403,7 +403,7 @@ def build_overhead_tables(found: dict[str, pd.DataFrame], reference: pd.DataFram
                  "The store's reads and writes for one batch, timed alone."),
                 ("dtype_error", "SAF store: what 16-bit storage changes in the loss", format_store_error,
                  f"Target: relative change of the trajectory loss below {DTYPE_ERROR_TARGET:g}. SAF's "
-                 f"default store dtype is {_default_store_dtype()}."))
+                 f"default store dtype is {DEFAULT_STORE_DTYPE}."))
         for section, title, fmt, note in made:
             if len(parts[section]):
                 written.append(write_table(out, f"overhead_store_{section}", title, parts[section],

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 
 from bench import io
 
-from .report import METHOD_ORDER, dataset_name, slug
+from .report import METHOD_ORDER, dataset_name, is_missing, slug
 
 METRICS = "metrics.csv"
 HESSIAN = "hessian.json"
@@ -112,7 +112,7 @@ def hessian_curves(rows: pd.DataFrame) -> pd.DataFrame:
         except (OSError, ValueError):
             final = None
         done = r.get("epochs_completed", r.get("epochs"))
-        if final is not None and not _nan(done):
+        if final is not None and not is_missing(done):
             last = int(done) - 1
             if not any((p["epoch"] == last).any() for p in parts):
                 parts.append(pd.DataFrame([{"epoch": last, "lambda_max": final.get("lambda_max"),
@@ -145,10 +145,6 @@ def landscape_files(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(recs)
 
 
-def _nan(x: Any) -> bool:
-    return x is None or (isinstance(x, float) and math.isnan(x))
-
-
 # ---- saving ---------------------------------------------------------------------------------------
 def save_figure(fig: Figure, stem: Path) -> tuple[Path, Path]:
     """PNG and PDF beside each other, each written atomically, without timestamps (stable files)."""
@@ -177,9 +173,9 @@ def plot_throughput(cells: pd.DataFrame, title: str) -> Figure:
         x = np.arange(len(series))
         for i, (method, setting) in enumerate(series):
             r = c[(c["method_label"] == method) & (c["setting"] == setting)].iloc[0]
-            std = 0.0 if _nan(r["img_s_std"]) else r["img_s_std"]
+            std = 0.0 if is_missing(r["img_s_std"]) else r["img_s_std"]
             ax.bar(i, r["img_s_mean"], yerr=std, color=_colour(method), capsize=3)
-            if not _nan(r["share"]) and not _nan(r["img_s_mean"]):
+            if not is_missing(r["share"]) and not is_missing(r["img_s_mean"]):
                 ax.annotate(f"×{r['share']:.2f}", (i, r["img_s_mean"] + std), ha="center", va="bottom",
                             fontsize=8, xytext=(0, 2), textcoords="offset points")
         ax.set_xticks(x, [series_label(*s) for s in series], rotation=30, ha="right")
@@ -266,7 +262,7 @@ def plot_lambda(cells: pd.DataFrame, curves: pd.DataFrame, title: str) -> Figure
         i += 1
         labels = []
         for k, (_, r) in enumerate(with_end.iterrows()):
-            std = 0.0 if _nan(r["lambda_max_std"]) else r["lambda_max_std"]
+            std = 0.0 if is_missing(r["lambda_max_std"]) else r["lambda_max_std"]
             ax.bar(k, r["lambda_max_mean"], yerr=std, color=_colour(r["method_label"]), capsize=3)
             labels.append(f"{r['model_key']}\n{series_label(r['method_label'], r['setting'])}")
         ax.set_xticks(np.arange(len(labels)), labels, rotation=30, ha="right", fontsize=8)
@@ -358,7 +354,7 @@ def plot_overhead(panels: Sequence[Any], title: str, per_row: int = 4) -> Figure
         methods = list(panel.bars)
         for i, m in enumerate(methods):
             median, q1, q3 = panel.bars[m]
-            err = None if _nan(q1) or _nan(q3) else [[max(median - q1, 0.0)], [max(q3 - median, 0.0)]]
+            err = None if is_missing(q1) or is_missing(q3) else [[max(median - q1, 0.0)], [max(q3 - median, 0.0)]]
             ax.bar(i, median, yerr=err, color=_colour(m.removesuffix("_official")), capsize=3,
                    hatch="//" if m.endswith("_official") else None)
             ax.annotate(f"{median:.2f}", (i, median), ha="center", va="bottom", fontsize=7,

@@ -384,49 +384,50 @@ def dataset_table(agg: pd.DataFrame, reference: pd.DataFrame, dataset: str) -> p
 
 
 # ---- text ---------------------------------------------------------------------------------------
-def _missing(x: Any) -> bool:
+def is_missing(x: Any) -> bool:
+    """None or NaN: a cell without a value (shown as MISSING)."""
     return x is None or (isinstance(x, float) and math.isnan(x))
 
 
 def fmt_pm(mean: Any, std: Any, digits: int = 2) -> str:
     """"mean ± std", just "mean" without a std (one seed), the missing mark without a mean."""
-    if _missing(mean):
+    if is_missing(mean):
         return MISSING
-    if _missing(std):
+    if is_missing(std):
         return f"{mean:.{digits}f}"
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def fmt_speed(mean: Any, std: Any = math.nan) -> str:
-    digits = 0 if not _missing(mean) and abs(mean) >= 100 else 1
+    digits = 0 if not is_missing(mean) and abs(mean) >= 100 else 1
     return fmt_pm(mean, std, digits)
 
 
 def fmt_sig(mean: Any, std: Any = math.nan) -> str:
     """Hessian quantities span orders of magnitude: 4 significant digits, std to 2."""
-    if _missing(mean):
+    if is_missing(mean):
         return MISSING
-    return f"{mean:.4g}" if _missing(std) else f"{mean:.4g} ± {std:.2g}"
+    return f"{mean:.4g}" if is_missing(std) else f"{mean:.4g} ± {std:.2g}"
 
 
 def fmt_time(mean: Any, std: Any = math.nan) -> str:
     """Seconds: one decimal from 10 s up, more below so that tiny runs do not all read 0.0."""
-    digits = 1 if _missing(mean) or abs(mean) >= 10 else 2 if abs(mean) >= 1 else 3
+    digits = 1 if is_missing(mean) or abs(mean) >= 10 else 2 if abs(mean) >= 1 else 3
     return fmt_pm(mean, std, digits)
 
 
 def fmt_diff(x: Any) -> str:
-    return MISSING if _missing(x) else f"{x:+.2f}"
+    return MISSING if is_missing(x) else f"{x:+.2f}"
 
 
 def fmt_share(x: Any) -> str:
-    return MISSING if _missing(x) else f"{x:.3f}"
+    return MISSING if is_missing(x) else f"{x:.3f}"
 
 
 def fmt_seeds(n: Any, n_diverged: Any = 0, n_failed: Any = 0) -> str:
-    text = str(int(n)) if not _missing(n) else "0"
+    text = str(int(n)) if not is_missing(n) else "0"
     extra = [f"{int(v)} {what}" for v, what in ((n_diverged, "diverged"), (n_failed, "failed"))
-             if not _missing(v) and v]
+             if not is_missing(v) and v]
     return f"{text} (+{', '.join(extra)})" if extra else text
 
 

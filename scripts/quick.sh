@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/get_fashionmnist.sh
 .venv/bin/safbench grid grids/quick.yaml --out runs/quick
-# The grid's model, every method's step timed side by side (~15 s): the report's cost section.
+# The grid's model, every method's step timed side by side: the report's cost section.
 if ! compgen -G "runs/quick/overhead/steps-*.csv" > /dev/null; then
   .venv/bin/safbench overhead --device cpu --shape fashionmnist --models cnn_small --batch-size 128 \
     --channels-last --repeats 5 --out runs/quick/overhead

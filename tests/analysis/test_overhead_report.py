@@ -116,7 +116,7 @@ def _steps(device_name: str, ratios: dict[str, float], model: str = "m") -> pd.D
                      "throughput_ratio_median": 1.0 / ratio, "num_samples": 1000, "state_bytes": 10_000,
                      "peak_mem_bytes": None, "saf_store_bytes": None, "saf_store_location": None,
                      "mesa_ema_bytes": None})
-    return pd.DataFrame(rows)
+    return ohr.with_device(pd.DataFrame(rows))
 
 
 def test_targets_met_on_a_gpu_are_not_flagged() -> None:
@@ -175,13 +175,14 @@ def test_store_verdicts() -> None:
         {"section": "dtype_error", "design": "saf", "dtype": "bfloat16", "rel_loss_error": 9.9e-4},
         {"section": "dtype_error", "design": "saf", "dtype": "bfloat16", "rel_loss_error": 1.0e-3},
     ]).assign(device_name=CPU_NAME)
-    parts = ohr.store_tables(store)
+    parts = ohr.store_tables(ohr.with_device(store))
     assert list(parts["size"]["node_target_met"]) == [True, False, None]  # no target for the official
     assert list(parts["dtype_error"]["met"]) == [True, False]
 
 
 def test_loading_ignores_other_files_and_keeps_the_file_name(tmp_path: Path) -> None:
-    _steps(CPU_NAME, {"saf": 1.0}).drop(columns="file").to_csv(tmp_path / "steps-cpu-1.csv", index=False)
+    _steps(CPU_NAME, {"saf": 1.0}).drop(columns=["file", "device"]).to_csv(tmp_path / "steps-cpu-1.csv",
+                                                                           index=False)
     (tmp_path / "notes.csv").write_text("not,an,overhead,file\n")
     found = ohr.load_overhead(tmp_path)
     assert set(found) == {"steps"} and set(found["steps"]["file"]) == {"steps-cpu-1.csv"}

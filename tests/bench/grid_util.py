@@ -64,3 +64,8 @@ def metrics(run_dir: Path) -> pd.DataFrame:
 def attempts(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / "attempts.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def start_events(run_dir: Path) -> list[dict[str, Any]]:
+    """The attempts.jsonl events of the run's starts (a resumed attempt has resume: true)."""
+    return [a for a in attempts(run_dir) if a["event"] == "start"]

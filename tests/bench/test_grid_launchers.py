@@ -25,12 +25,9 @@ from tests.bench.grid_util import (
     cli_env,
     metrics,
     snapshot,
+    start_events,
     write_grid,
 )
-
-
-def _starts(run_dir: Path) -> list[dict]:
-    return [a for a in attempts(run_dir) if a["event"] == "start"]
 
 
 def _wait_for(predicate, timeout: float = 120, what: str = "condition") -> None:
@@ -90,7 +87,7 @@ def test_preempted_slurm_task_is_requeued_and_resumes_from_its_checkpoint(
          "--time-min", "10"])))
     submit.start()
     _wait_for(lambda: (cell.run_dir / "checkpoint.pt").exists(), what="the task's first checkpoint")
-    (first,) = _starts(cell.run_dir)
+    (first,) = start_events(cell.run_dir)
     os.kill(first["pid"], signal.SIGUSR2)  # what slurm sends before a timeout or a preemption
     submit.join(timeout=300)
     assert codes == [0]
@@ -125,7 +122,7 @@ def test_torchrun_cell_on_two_cpu_processes_survives_a_killed_grid(tmp_path: Pat
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads((cell.run_dir / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["world_size"] == 2
-    assert [s["resume"] for s in _starts(cell.run_dir)] == [False, True]
+    assert [s["resume"] for s in start_events(cell.run_dir)] == [False, True]
     assert (cell.run_dir / "checkpoint-rank1.pt").exists()  # rank 1's share of the SAF store
     assert pd.read_csv(out / "results.csv")["world_size"].tolist() == [2]
     # Resumed on two processes, it matches an uninterrupted two-process run.
@@ -199,7 +196,7 @@ def test_gpus_launcher_workers_share_the_cells(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("worker on GPU") == 2
     cells = load_grid(path).cells(out=str(out))
-    starts = [_starts(c.run_dir) for c in cells]
+    starts = [start_events(c.run_dir) for c in cells]
     assert [len(s) for s in starts] == [1] * len(cells)
     assert len({s[0]["pid"] for s in starts}) == 2
     assert sorted(pd.read_csv(out / "results.csv")["run_dir"]) == sorted(c.name for c in cells)

@@ -27,13 +27,10 @@ from tests.bench.grid_util import (
     cli_env,
     metrics,
     run_cli,
+    start_events,
     summaries,
     write_grid,
 )
-
-
-def _starts(run_dir: Path) -> list[dict]:
-    return [a for a in attempts(run_dir) if a["event"] == "start"]
 
 
 def _fail_method(monkeypatch: pytest.MonkeyPatch, method: str, exc: type[BaseException] = RuntimeError,
@@ -117,7 +114,7 @@ def test_failed_cell_does_not_stop_the_others_and_retry_keeps_every_old_summary(
 
     # Without --retry-failed a failed cell stays as it is.
     assert main(["grid", str(path), "--out", str(out)]) == 1
-    assert len(_starts(sam.run_dir)) == 1 and "--retry-failed" in capsys.readouterr().out
+    assert len(start_events(sam.run_dir)) == 1 and "--retry-failed" in capsys.readouterr().out
 
     # Retried and failing again: the first failure is kept aside, the new one is the summary.
     _fail_method(monkeypatch, "sam", message="injected failure, again")
@@ -133,7 +130,7 @@ def test_failed_cell_does_not_stop_the_others_and_retry_keeps_every_old_summary(
     assert cell_state(sam.run_dir) is State.FINISHED
     assert [a["event"] for a in attempts(sam.run_dir)] == ["start", "end", "retry", "start", "end",
                                                            "retry", "start", "end"]
-    assert len(_starts(sgd.run_dir)) == 1  # the finished cell was never touched again
+    assert len(start_events(sgd.run_dir)) == 1  # the finished cell was never touched again
     assert set(pd.read_csv(out / "results.csv")["status"]) == {"finished"}
 
 
@@ -173,7 +170,7 @@ def test_interrupted_cell_resumes_from_its_checkpoint_with_equal_metrics(tmp_pat
     assert cell_state(saf.run_dir) is State.INTERRUPTED and cell_state(sgd.run_dir) is State.PENDING
     monkeypatch.undo()
     assert main(["grid", str(path), "--out", str(out)]) == 0
-    assert [a["resume"] for a in _starts(saf.run_dir)] == [False, True]
+    assert [a["resume"] for a in start_events(saf.run_dir)] == [False, True]
     for cell in (saf, sgd):
         pd.testing.assert_frame_equal(metrics(cell.run_dir), metrics(tmp_path / "ref" / cell.name))
 
@@ -211,7 +208,7 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path: Path) -> None:
     assert cell_state(cell.run_dir) is State.INTERRUPTED
     assert main(["grid", str(path), "--out", str(out)]) == 0
     assert cell_state(cell.run_dir) is State.FINISHED
-    (start,) = _starts(cell.run_dir)
+    (start,) = start_events(cell.run_dir)
     assert f"somehost {holder.pid}" in start["taken_over_from"]
 
 
@@ -229,7 +226,7 @@ def test_cell_held_by_a_live_process_is_left_to_it(tmp_path: Path, capsys) -> No
         holder.kill()
         holder.wait()
     assert main(["grid", str(path), "--out", str(out)]) == 0
-    assert cell_state(held.run_dir) is State.FINISHED and len(_starts(free.run_dir)) == 1
+    assert cell_state(held.run_dir) is State.FINISHED and len(start_events(free.run_dir)) == 1
 
 
 # ---- processes: kills and concurrency -------------------------------------------------------------------
@@ -277,10 +274,10 @@ def test_sigkill_at_random_moments_then_rerun_loses_nothing(tmp_path: Path) -> N
         left = sum(cell_state(c.run_dir) is not State.FINISHED for c in cells)
         if not left:
             break
-        starts_before = sum(len(_starts(c.run_dir)) for c in cells)
+        starts_before = sum(len(start_events(c.run_dir)) for c in cells)
         proc = subprocess.Popen(bench_cmd("grid", str(path), "--out", str(out)), cwd=REPO, env=cli_env(),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait_for(lambda: sum(len(_starts(c.run_dir)) for c in cells) > starts_before  # noqa: B023
+        _wait_for(lambda: sum(len(start_events(c.run_dir)) for c in cells) > starts_before  # noqa: B023
                   or proc.poll() is not None)  # noqa: B023
         # Anywhere in the remaining work (training, a checkpoint, a summary or a results.csv write);
         # within 60% of the estimate, so the kill lands in the work even if the process runs fast.
@@ -291,7 +288,7 @@ def test_sigkill_at_random_moments_then_rerun_loses_nothing(tmp_path: Path) -> N
         proc.wait()
     assert kills >= 1
     assert run_cli("grid", str(path), "--out", str(out)).returncode == 0
-    all_starts = [a for c in cells for a in _starts(c.run_dir)]
+    all_starts = [a for c in cells for a in start_events(c.run_dir)]
     assert len(all_starts) > len(cells)  # some attempt really was cut short
     _check_complete(out, cells, reference=ref)
 
@@ -307,7 +304,7 @@ def test_two_concurrent_grid_processes_run_every_cell_exactly_once(tmp_path: Pat
     logs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], logs
     cells = load_grid(path).cells(out=str(out))
-    starts = {c.name: _starts(c.run_dir) for c in cells}
+    starts = {c.name: start_events(c.run_dir) for c in cells}
     assert {name: len(s) for name, s in starts.items()} == {c.name: 1 for c in cells}
     # Both processes did work, so the single starts above were decided by the locks.
     assert len({s[0]["pid"] for s in starts.values()}) == 2, logs
