@@ -32,9 +32,11 @@ HESSIAN_EPOCHS = "hessian_epochs.csv"
 
 
 def fixed_data(config: RunConfig, device: torch.device, samples: int, batch_size: int = 250) -> Any:
-    """A seed-0, un-augmented view of the run's training set: the same samples for every run."""
+    """A seed-0, un-augmented view of the run's training set (with the labels it trained on): the same
+    samples for every run."""
     return create_data(config.dataset, root=config.data_root, batch_size=min(batch_size, samples), device=device,
-                       seed=0, train_subset=config.train_subset, download=False, num_workers=0, augment=False)
+                       seed=0, train_subset=config.train_subset, download=False, num_workers=0, augment=False,
+                       label_noise=config.label_noise)
 
 
 def first_batches(data: Any, samples: int) -> list[tuple[Tensor, Tensor]]:
@@ -58,7 +60,7 @@ def load_run(run_dir: str | Path, device: torch.device, samples: int) -> tuple[R
         state = torch.load(run_dir / "checkpoint.pt", map_location=device, weights_only=True)
     except FileNotFoundError as exc:
         raise UsageError(f"{run_dir} is not a run directory with a checkpoint: {exc.filename} is missing") from None
-    config = RunConfig(**values)
+    config = RunConfig.from_record(values)
     data = fixed_data(config, device, samples)
     model = create_model(config.model, num_classes=data.num_classes, in_chans=data.in_chans,
                          img_size=data.img_size).to(device)

@@ -8,30 +8,55 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from .errors import UsageError
 
+DEBUG_ENV = "SAFBENCH_DEBUG"
+
 # Modules that define `register(subparsers)`; each adds one or more subcommands.
 COMMAND_MODULES = ("bench.cli", "bench.grid_cli", "analysis.cli", "analysis.flatness_cli", "bench.overhead_cli")
 
 
 def add_run_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per RunConfig key (hyphens for underscores), all defaulting to 'not given'."""
-    from .config import RunConfig
+    """One flag per run key and per method hyperparameter (hyphens for underscores), all defaulting to
+    'not given'; help text and choices come from RunConfig's fields and the methods' specs."""
+    import optimizers
 
+    from .config import RunConfig, _field_types
+    from .data import DATASETS
+    from .models import MODELS
+
+    run = parser.add_argument_group("run keys")
     for f in dataclasses.fields(RunConfig):
-        flag = "--" + f.name.replace("_", "-")
-        kind = str(f.type)
-        if "bool" in kind:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
-        elif "list[int]" in kind:
-            parser.add_argument(flag, dest=f.name, type=int, nargs="*", default=None, metavar="EPOCH")
-        else:
-            cast = int if kind.startswith("int") else float if kind.startswith("float") else str
-            parser.add_argument(flag, dest=f.name, type=cast, default=None, metavar=f.name.upper())
+        if f.name == "method_hparams":
+            continue
+        kind, _, is_list = _field_types()[f.name]
+        default = f.default_factory() if callable(f.default_factory) else f.default
+        choices = {"method": optimizers.methods(), "dataset": DATASETS}.get(f.name, f.metadata.get("choices"))
+        if f.name == "model":
+            default = f"{default}; one of {', '.join(MODELS)} or timm:<name>"
+        _add_flag(run, f.name, kind, is_list, f"{f.metadata.get('help', '')} (default: {default})", choices)
+    method = parser.add_argument_group("method hyperparameters (each applies to the methods that declare it)")
+    for name, hp in optimizers.all_hparams().items():
+        takers = [m for m in optimizers.methods() if name in optimizers.method_hparams(m)]
+        defaults = "; ".join(f"{m} {optimizers.method_hparams(m)[name]}" for m in takers)
+        _add_flag(method, name, hp.type, False, f"{hp.help}; {hp.allowed()} (default: {defaults})", hp.choices)
+
+
+def _add_flag(group: Any, name: str, kind: type, is_list: bool, help: str, choices: Any) -> None:
+    flag = "--" + name.replace("_", "-")
+    help = help.replace("%", "%%")
+    if kind is bool:
+        group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help)
+    elif is_list:
+        group.add_argument(flag, dest=name, type=int, nargs="*", default=None, metavar="EPOCH", help=help)
+    else:
+        group.add_argument(flag, dest=name, type=kind, default=None, choices=choices, help=help,
+                           metavar=None if choices else name.upper())
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
@@ -66,15 +91,11 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="safbench", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", default=None,
+                        help=f"print the full traceback instead of one line (or set {DEBUG_ENV}=1)")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue  # a subcommand not built yet
-        module.register(subparsers)
+        importlib.import_module(name).register(subparsers)  # a module that fails to import is an error, not skipped
     return parser
 
 
@@ -86,8 +107,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The command recorded with results: what was typed, or the argv a caller passed in.
     args.invocation = command_line(None if argv is None else list(argv))
     git_commit()  # the commit of the code this process has loaded, before anything runs for long
+    debug = bool(args.debug) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         return int(args.func(args) or 0)
+    except Exception if debug else ():  # --debug: let the traceback through
+        raise
     except UsageError as exc:
         print(f"safbench: error: {exc}", file=sys.stderr)
         return 2

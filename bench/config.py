@@ -1,8 +1,10 @@
 """One run's configuration: plain data, validated once at the boundary, then trusted inside.
 
-Every key is also a `safbench run` flag (underscores become hyphens) and a grid-file key.
-Method hyperparameters left at None take the method's own defaults (the papers'), and the
-resolved config records the values actually used, so equal experiments hash equally.
+Every key is also a `safbench run` flag (underscores become hyphens, with the help text below) and a
+grid-file key. The run-level keys are the fields here; the method keys come from the registered
+methods' specs (`optimizers.MethodSpec`), so a new method's hyperparameters need no line here.
+Method hyperparameters left unset take the method's own defaults (the papers'), and the resolved
+config records the values actually used, so equal experiments hash equally.
 """
 
 from __future__ import annotations
@@ -26,74 +28,111 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto",) + optimizers.PRECISIONS
-# Method hyperparameters as flags; each applies only to the methods that declare it.
-METHOD_HPARAMS = ("rho", "adaptive", "beta", "gamma", "lam", "tau", "e_tilde", "e_start", "ema_decay", "store_dtype")
 # Keys that say where or how to run, not what: they do not change the cell's identity.
 NON_IDENTITY_KEYS = ("out", "data_root", "download", "num_workers", "device", "progress", "compile")
+# The method keys every run identity has carried since the first release (None where they do not apply).
+# Keys added since join the identity only when set away from their default, so adding a key renames no run.
+_V1_METHOD_KEYS = ("rho", "adaptive", "beta", "gamma", "lam", "tau", "e_tilde", "e_start", "ema_decay", "store_dtype")
+_V1_RUN_KEYS = ("method", "dataset", "model", "epochs", "batch_size", "lr", "seed", "optimizer", "momentum",
+                "weight_decay", "nesterov", "label_smoothing", "schedule", "warmup_epochs", "lr_milestones",
+                "lr_gamma", "bn_update", "device", "precision", "channels_last", "compile", "data_root",
+                "download", "train_subset", "num_workers", "eval_batch_size", "out", "progress", "hessian",
+                "hessian_epochs", "hessian_samples")
+
+
+class HyperparameterError(UsageError):
+    """A method hyperparameter given to a method that does not declare it."""
+
+
+def _key(default: Any = None, help: str = "", choices: tuple[str, ...] | None = None, **kw: Any) -> Any:
+    meta = {"help": help, "choices": choices}
+    if "default_factory" in kw:
+        return field(default_factory=kw["default_factory"], metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class RunConfig:
-    method: str = "sgd"
-    dataset: str = "cifar10"
-    model: str = "resnet18"
-    epochs: int = 200
-    batch_size: int = 128
-    lr: float = 0.1
-    seed: int = 0
+    method: str = _key("sgd", "training method (see the method table in README.md)")
+    dataset: str = _key("cifar10", "dataset name")
+    model: str = _key("resnet18", "model name, or timm:<name>")
+    epochs: int = _key(200, "epochs to train")
+    batch_size: int = _key(128, "global batch size (split over DDP ranks)")
+    lr: float = _key(0.1, "peak learning rate of the base optimizer")
+    seed: int = _key(0, "seed of weights, data order and augmentation, and (derived) of a method's own draws")
     # Base optimizer and schedule. Defaults follow the SAF paper's CIFAR setup (SGD, momentum 0.9,
     # weight decay 5e-4, cosine to zero); warm-up is not in the paper and defaults to none.
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    nesterov: bool = False
-    label_smoothing: float = 0.0
-    schedule: str = "cosine"
-    warmup_epochs: int = 0
-    lr_milestones: list[int] = field(default_factory=list)  # step schedule: epochs where lr *= lr_gamma
-    lr_gamma: float = 0.1
-    # Method hyperparameters (None: the method's default).
-    rho: float | None = None
-    adaptive: bool | None = None
-    beta: float | None = None
-    gamma: float | None = None
-    lam: float | None = None
-    tau: float | None = None
-    e_tilde: int | None = None
-    e_start: int | None = None
-    ema_decay: float | None = None
-    store_dtype: str | None = None
-    bn_update: str = "clean"
+    optimizer: str = _key("sgd", "base optimizer (SGD with momentum for ResNets, AdamW for ViTs)", OPTIMIZERS)
+    momentum: float = _key(0.9, "SGD momentum")
+    weight_decay: float = _key(5e-4, "weight decay of the base optimizer")
+    nesterov: bool = _key(False, "Nesterov momentum (SGD)")
+    label_smoothing: float = _key(0.0, "label smoothing of the cross-entropy, in [0, 1)")
+    schedule: str = _key("cosine", "learning-rate schedule, stepped once per batch", SCHEDULES)
+    warmup_epochs: int = _key(0, "epochs of linear warm-up before the schedule")
+    lr_milestones: list[int] = _key(help="step schedule: epochs at which lr *= lr_gamma", default_factory=list)
+    lr_gamma: float = _key(0.1, "step schedule: the factor at each milestone")
+    bn_update: str = _key("clean", "BatchNorm running statistics: updated by the clean pass only, or by every pass",
+                          optimizers.BN_UPDATES)
     # Execution.
-    device: str = "auto"
-    precision: str = "auto"  # bf16 on CUDA, fp32 on the CPU
-    channels_last: bool | None = None  # default: on for CUDA conv nets
-    compile: bool = False
-    data_root: str | None = None
-    download: bool = False
-    train_subset: int | None = None
-    num_workers: int = 4
-    eval_batch_size: int | None = None
-    out: str = "runs"
-    progress: bool = True
+    device: str = _key("auto", "training device (auto: cuda if visible)", DEVICES)
+    precision: str = _key("auto", "compute precision (auto: bf16 on CUDA, fp32 on the CPU)", PRECISIONS)
+    channels_last: bool | None = _key(None, "channels_last memory format (default: on for CUDA)")
+    compile: bool = _key(False, "torch.compile the model")
+    data_root: str | None = _key(None, "dataset folder (default: $SAFBENCH_DATA or ~/.cache/safbench/data)")
+    download: bool = _key(False, "download the dataset with torchvision if it is missing")
+    train_subset: int | None = _key(None, "train on the first N training samples only")
+    augment: bool = _key(True, "training augmentation (random crop; flips where the dataset has them)")
+    label_noise: float = _key(0.0, "fraction of training labels replaced by a different class drawn uniformly "
+                                   "(symmetric noise; fixed by the seed; the test set stays clean)")
+    num_workers: int = _key(4, "data-loader workers (streamed datasets)")
+    eval_batch_size: int | None = _key(None, "evaluation batch size (default: batch_size)")
+    out: str = _key("runs", "folder for run directories")
+    progress: bool = _key(True, "progress bars on a terminal")
     # Flatness at the end of the run (and at chosen epochs): writes hessian.json / hessian_epochs.csv.
-    hessian: bool = False
-    hessian_epochs: list[int] = field(default_factory=list)
-    hessian_samples: int = 1000
+    hessian: bool = _key(False, "lambda_max and trace of the final model's Hessian (hessian.json)")
+    hessian_epochs: list[int] = _key(help="epochs after which to also measure the Hessian", default_factory=list)
+    hessian_samples: int = _key(1000, "fixed training samples for the Hessian")
+    # SAM's one-step sharpness every epoch (metrics.csv column `sharpness`).
+    sharpness: bool = _key(False, "log SAM's sharpness L(w + rho g/||g||) - L(w) after every epoch")
+    sharpness_samples: int = _key(1024, "fixed, un-augmented training samples for the sharpness")
+    sharpness_rho: float = _key(0.05, "radius rho of the sharpness measure")
+    # Method hyperparameters given by the user (flat keys at every boundary; None: the method's default).
+    method_hparams: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __getattr__(self, name: str) -> Any:
+        # config.rho and friends: the value given, else None (the method's default applies).
+        if name != "method_hparams" and name in optimizers.all_hparams():
+            return self.__dict__.get("method_hparams", {}).get(name)
+        raise AttributeError(name)
 
     # ---- construction and validation -----------------------------------------------------------
     @classmethod
+    def run_keys(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls) if f.name != "method_hparams")
+
+    @classmethod
     def keys(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(cls))
+        """Every key a config, a flag or a grid file may set: the run keys, then every method's hyperparameters."""
+        return cls.run_keys() + tuple(optimizers.all_hparams())
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], *, where: str = "config") -> RunConfig:
         unknown = sorted(set(values) - set(cls.keys()))
         if unknown:
             raise UsageError(f"{where}: unknown key {unknown[0]!r}; allowed keys are {', '.join(cls.keys())}")
-        config = cls(**values)
+        run_keys = set(cls.run_keys())
+        config = cls(**{k: v for k, v in values.items() if k in run_keys},
+                     method_hparams={k: v for k, v in values.items() if k not in run_keys and v is not None})
         config.validate()
         return config
+
+    @classmethod
+    def from_record(cls, values: dict[str, Any]) -> RunConfig:
+        """A run directory's stored config.yaml, trusted as written (its device may not exist here)."""
+        values = {k: v for k, v in values.items() if k != "method_seed"}
+        run_keys = set(cls.run_keys())
+        return cls(**{k: v for k, v in values.items() if k in run_keys},
+                   method_hparams={k: v for k, v in values.items() if k not in run_keys and v is not None})
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> dict[str, Any]:
@@ -103,6 +142,7 @@ class RunConfig:
             raise UsageError(f"cannot read config {path}: {str(exc).splitlines()[0]}") from None
         if not isinstance(values, dict):
             raise UsageError(f"config {path} must be a mapping of run keys to values")
+        values.pop("method_seed", None)  # recorded for the reader; always derived from seed and method
         return values
 
     def validate(self) -> None:
@@ -110,17 +150,15 @@ class RunConfig:
         from .models import MODELS
 
         self._check_types()
-        _choice("method", self.method, optimizers.METHODS)
+        _choice("method", self.method, optimizers.methods())
         _choice("dataset", self.dataset, DATASETS)
         if not (self.model in MODELS or (self.model.startswith("timm:") and len(self.model) > 5)):
             raise UsageError(f"model={self.model!r} is invalid: allowed models are {', '.join(MODELS)} "
                              "or timm:<name>")
-        _choice("optimizer", self.optimizer, OPTIMIZERS)
-        _choice("schedule", self.schedule, SCHEDULES)
-        _choice("device", self.device, DEVICES)
-        _choice("precision", self.precision, PRECISIONS)
-        _choice("bn_update", self.bn_update, optimizers.BN_UPDATES)
-        for name in ("epochs", "batch_size"):
+        for f in fields(self):
+            if f.metadata.get("choices"):
+                _choice(f.name, getattr(self, f.name), f.metadata["choices"])
+        for name in ("epochs", "batch_size", "hessian_samples", "sharpness_samples"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name}={getattr(self, name)} is invalid: allowed values are integers >= 1")
         for name in ("warmup_epochs", "num_workers", "seed"):
@@ -132,76 +170,108 @@ class RunConfig:
             raise UsageError(f"momentum={self.momentum} is invalid: allowed values lie in [0, 1)")
         if self.weight_decay < 0:
             raise UsageError(f"weight_decay={self.weight_decay} is invalid: allowed values are >= 0")
-        if self.train_subset is not None and self.train_subset < 1:
-            raise UsageError(f"train_subset={self.train_subset} is invalid: allowed values are integers >= 1")
-        if self.eval_batch_size is not None and self.eval_batch_size < 1:
-            raise UsageError(f"eval_batch_size={self.eval_batch_size} is invalid: allowed values are integers >= 1")
-        if self.hessian_samples < 1:
-            raise UsageError(f"hessian_samples={self.hessian_samples} is invalid: allowed values are integers >= 1")
+        if not 0 <= self.label_noise < 1:
+            raise UsageError(f"label_noise={self.label_noise} is invalid: allowed values lie in [0, 1)")
+        if not (self.sharpness_rho > 0 and math.isfinite(self.sharpness_rho)):
+            raise UsageError(f"sharpness_rho={self.sharpness_rho} is invalid: allowed values are finite numbers > 0")
+        for name in ("train_subset", "eval_batch_size"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise UsageError(f"{name}={getattr(self, name)} is invalid: allowed values are integers >= 1")
         if self.device == "cuda" and not torch.cuda.is_available():
             raise UsageError("device='cuda' is invalid here: no CUDA device is visible; allowed: cpu, auto")
         self._check_method_hparams()
 
     def _check_types(self) -> None:
         for f in fields(self):
-            value = getattr(self, f.name)
-            expected = _expected_types(f.type)
-            if value is None and type(None) in expected:
+            if f.name == "method_hparams":
                 continue
-            if isinstance(value, bool) and bool not in expected:
-                raise UsageError(f"{f.name}={value!r} is invalid: expected {f.type}")
-            if float in expected and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-                setattr(self, f.name, value)
-            if not isinstance(value, tuple(expected)):
-                raise UsageError(f"{f.name}={value!r} is invalid: expected {f.type}")
-            if isinstance(value, list) and not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-                raise UsageError(f"{f.name}={value!r} is invalid: expected a list of integers")
+            kind, optional, is_list = _field_types()[f.name]
+            value = getattr(self, f.name)
+            if value is None and optional:
+                continue
+            if is_list:
+                if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+                    raise UsageError(f"{f.name}={value!r} is invalid: expected a list of integers")
+                continue
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                setattr(self, f.name, float(value))
+                continue
+            if isinstance(value, bool) is not (kind is bool) or not isinstance(value, kind):
+                raise UsageError(f"{f.name}={value!r} is invalid: expected {kind.__name__}")
 
     def _check_method_hparams(self) -> None:
-        declared = optimizers.method_hparams(self.method)
-        for name in METHOD_HPARAMS:
-            if getattr(self, name) is not None and name not in declared:
-                takers = [m for m in optimizers.METHODS if name in optimizers.method_hparams(m)]
-                raise UsageError(f"{name} is not a hyperparameter of method {self.method!r}; "
-                                 f"it applies to {', '.join(takers)}")
-        # The optimizers package owns the rules; a throw-away model lets it check them here.
-        probe = torch.nn.Linear(1, 1)
+        spec = optimizers.method_spec(self.method)
+        for name in self.method_hparams:
+            if name not in spec.defaults:
+                takers = [m for m in optimizers.methods() if name in optimizers.method_hparams(m)]
+                raise HyperparameterError(f"{name} is not a hyperparameter of method {self.method!r}; "
+                                          f"it applies to {', '.join(takers)}")
         try:
-            optimizers.create(self.method, probe, torch.optim.SGD(probe.parameters(), lr=0.1),
-                              **self.method_kwargs(num_samples=1, num_classes=1))
+            self.method_hparams = {k: spec.hparam(k).check(v) for k, v in self.method_hparams.items()}
         except ValueError as exc:
             raise UsageError(str(exc)) from None
 
     # ---- derived views -----------------------------------------------------------------------
-    def method_kwargs(self, *, num_samples: int, num_classes: int) -> dict[str, Any]:
-        declared = optimizers.method_hparams(self.method)
-        kwargs = {k: getattr(self, k) for k in METHOD_HPARAMS if k in declared and getattr(self, k) is not None}
-        if "num_samples" in declared:
+    def method_kwargs(self, *, num_samples: int, num_classes: int, lr_range: tuple[float, float] | None = None
+                      ) -> dict[str, Any]:
+        """Keyword arguments for `optimizers.create`: hyperparameters plus what the spec says the method needs."""
+        spec = optimizers.method_spec(self.method)
+        kwargs = self.hparams()
+        if spec.needs_indices:
             kwargs.update(num_samples=num_samples, num_classes=num_classes)
+        if spec.draws_random:
+            kwargs["seed"] = self.method_seed()
+        if spec.needs_lr_range:
+            kwargs["lr_max"], kwargs["lr_min"] = lr_range if lr_range is not None else (self.lr, self.lr)
         return kwargs
+
+    def method_seed(self) -> int | None:
+        """The seed of the method's own random draws (derived from `seed`), or None if it draws none."""
+        if not optimizers.method_spec(self.method).draws_random:
+            return None
+        return optimizers.method_seed(self.seed, self.method)
 
     def hparams(self) -> dict[str, Any]:
         """The method hyperparameters in effect: given values, else the method's defaults."""
-        declared = optimizers.method_hparams(self.method)
-        return {k: (getattr(self, k) if getattr(self, k) is not None else declared[k])
-                for k in METHOD_HPARAMS if k in declared}
+        return optimizers.method_spec(self.method).check(self.method_hparams)
 
-    def resolved(self) -> RunConfig:
-        """A copy with method defaults filled in and keys that do not apply to the method cleared."""
-        values = dataclasses.asdict(self)
-        for k in METHOD_HPARAMS:
-            values[k] = None
-        values.update(self.hparams())
-        return RunConfig(**values)
+    def resolved(self, device_type: str | None = None) -> RunConfig:
+        """A copy with method defaults filled in; with `device_type`, also device, precision and channels_last."""
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "method_hparams"}
+        if device_type is not None:
+            values["device"] = device_type
+            if values["precision"] == "auto":
+                values["precision"] = "bf16" if device_type == "cuda" else "fp32"
+            if values["channels_last"] is None:
+                values["channels_last"] = device_type == "cuda"
+        return RunConfig(**values, method_hparams=self.hparams())
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Flat: the run keys, then the method's hyperparameters (and the derived method seed, if any)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "method_hparams"}
+        values.update(self.method_hparams)
+        if (seed := self.method_seed()) is not None:
+            values["method_seed"] = seed
+        return values
 
     def identity(self) -> dict[str, Any]:
+        """What makes two runs the same experiment (hashed into the run directory's name)."""
         values = self.resolved().to_dict()
+        if values["device"] in ("cpu", "cuda"):
+            # A stored config.yaml holds the device-resolved values: hash them as the 'auto' they came from,
+            # so that the record names the same run as the request that made it.
+            if values["precision"] == ("bf16" if values["device"] == "cuda" else "fp32"):
+                values["precision"] = "auto"
+            if values["channels_last"] == (values["device"] == "cuda"):
+                values["channels_last"] = None
+        defaults = {f.name: (f.default_factory() if callable(f.default_factory) else f.default) for f in fields(self)}
         for k in NON_IDENTITY_KEYS:
             values.pop(k)
+        for k in _V1_METHOD_KEYS:
+            values.setdefault(k, None)
+        for k in list(values):
+            if k in defaults and k not in _V1_RUN_KEYS and values[k] == defaults[k]:
+                del values[k]
         return values
 
     def config_hash(self) -> str:
@@ -221,7 +291,20 @@ def _choice(name: str, value: Any, allowed: tuple[str, ...] | list[str]) -> None
         raise UsageError(f"{name}={value!r} is invalid: allowed values are {', '.join(allowed)}")
 
 
-def _expected_types(annotation: Any) -> set[type]:
-    text = str(annotation)
-    table = {"int": int, "float": float, "str": str, "bool": bool, "None": type(None), "list": list}
-    return {t for name, t in table.items() if name in text.replace("list[int]", "list")}
+def _field_types() -> dict[str, tuple[type, bool, bool]]:
+    """Run key -> (value type, may be None, is a list of ints), from the annotations themselves."""
+    import types
+    import typing
+
+    if not _FIELD_TYPES:
+        for name, hint in typing.get_type_hints(RunConfig).items():
+            args = typing.get_args(hint)
+            optional = isinstance(hint, types.UnionType) and type(None) in args
+            if optional:
+                hint = next(a for a in args if a is not type(None))
+            is_list = typing.get_origin(hint) is list
+            _FIELD_TYPES[name] = (list if is_list else hint, optional, is_list)
+    return _FIELD_TYPES
+
+
+_FIELD_TYPES: dict[str, tuple[type, bool, bool]] = {}

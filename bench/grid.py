@@ -33,7 +33,7 @@ import yaml
 
 import optimizers
 
-from .config import NON_IDENTITY_KEYS, RunConfig
+from .config import NON_IDENTITY_KEYS, HyperparameterError, RunConfig, _field_types
 from .errors import UsageError
 
 TOP_LEVEL_KEYS = ("base", "grid", "per_method")
@@ -106,9 +106,9 @@ def parse_grid(data: Any, *, where: str = "grid") -> GridSpec:
     if not isinstance(raw, dict):
         raise UsageError(f"{where}: per_method must map method names to run keys, got {raw!r}")
     for method, values in raw.items():
-        if method not in optimizers.METHODS:
+        if method not in optimizers.methods():
             raise UsageError(f"{where}: per_method.{method}: unknown method {method!r}; "
-                             f"allowed methods are {', '.join(optimizers.METHODS)}")
+                             f"allowed methods are {', '.join(optimizers.methods())}")
         values = _run_keys(values or {}, f"{where}: per_method.{method}")
         if "method" in values:
             raise UsageError(f"{where}: per_method.{method}.method: per_method entries cannot change the method")
@@ -139,7 +139,7 @@ def expand(spec: GridSpec, *, out: str | None = None) -> list[Cell]:
                 config = RunConfig.from_dict(values, where=f"{spec.where}: cell {label}")
             except UsageError as exc:  # name the file and the cell; the message names the key
                 text = str(exc)
-                if "is not a hyperparameter of method" in text:
+                if isinstance(exc, HyperparameterError):
                     text += "; give it under per_method"
                 if not text.startswith(spec.where):
                     text = f"{spec.where}: cell {label}: {text}"
@@ -197,8 +197,10 @@ def _subgrids(raw: Any, where: str) -> list[dict[str, list[Any]]]:
 
 
 def _coerce(key: str, value: Any) -> Any:
-    annotation = str(RunConfig.__dataclass_fields__[key].type)
-    if "float" in annotation and isinstance(value, str) and _FLOAT_TEXT.match(value):
+    """YAML reads 1e-4 (no dot) as a string: make it the float the key expects."""
+    hparam = optimizers.all_hparams().get(key)
+    kind = hparam.type if hparam is not None else _field_types()[key][0]
+    if kind is float and isinstance(value, str) and _FLOAT_TEXT.match(value):
         return float(value)
     return value
 

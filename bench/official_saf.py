@@ -2,7 +2,9 @@
 
 Not a training method to use: `safbench overhead` runs it as the row `saf_official`, beside our
 `saf`, so the price of the design is shown rather than claimed. The algorithm is the same as
-`optimizers.saf.SAF` (same loss, same slot rule, same activation epoch); only the store differs:
+`optimizers.saf.SAF` (same loss, same slot rule, and our activation epoch, the paper's: the official
+`SAF_train.py` tests the 0-based `epoch > kl_start_epoch`, so its `--kl_start_epoch k` is our
+`e_start = k + 1`); only the store differs:
 
 - every step the clean logits go GPU -> CPU -> numpy (`.cpu()` waits for the whole forward pass:
   a host synchronisation per step, so the CPU can no longer queue the next kernels ahead);
@@ -22,8 +24,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+import dataclasses
+
 from optimizers.base import Method
-from optimizers.saf import check_store_hparams
+from optimizers.saf import SPEC as SAF_SPEC
+from optimizers.saf import check_store_size
 from optimizers.trajectory import trajectory_loss
 
 
@@ -57,19 +62,24 @@ class OfficialSAF(Method):
     """SAF with the official store design (see the module docstring); hyperparameters as SAF's."""
 
     name = "saf_official"
+    # SAF's spec without store_dtype: the official store is host float32.
+    spec = dataclasses.replace(SAF_SPEC, name="saf_official",
+                               hparams=tuple(h for h in SAF_SPEC.hparams if h.name != "store_dtype"))
 
     def __init__(self, model: nn.Module, base_optimizer: torch.optim.Optimizer, *,
-                 num_samples: int | None = None, num_classes: int | None = None, lam: float = 0.3,
-                 tau: float = 5.0, e_tilde: int = 3, e_start: int = 5, **common: Any) -> None:
+                 num_samples: int | None = None, num_classes: int | None = None,
+                 lam: float = SAF_SPEC.defaults["lam"], tau: float = SAF_SPEC.defaults["tau"],
+                 e_tilde: int = SAF_SPEC.defaults["e_tilde"], e_start: int = SAF_SPEC.defaults["e_start"],
+                 **common: Any) -> None:
         super().__init__(model, base_optimizer, **common)
-        check_store_hparams(self.name, num_samples, num_classes, lam, tau, e_tilde, e_start)
-        self.lam, self.tau = float(lam), float(tau)
-        self.e_tilde, self.e_start = int(e_tilde), int(e_start)
+        check_store_size(self.name, num_samples, num_classes)
+        hp = self.spec.check({"lam": lam, "tau": tau, "e_tilde": e_tilde, "e_start": e_start})
+        self.lam, self.tau, self.e_tilde, self.e_start = hp["lam"], hp["tau"], hp["e_tilde"], hp["e_start"]
         self.store = HostLogitStore(num_samples, num_classes, self.e_tilde)
 
     @property
     def active(self) -> bool:
-        return self.epoch >= max(self.e_start, self.e_tilde)
+        return self.epoch >= self.spec.active_from({"e_start": self.e_start, "e_tilde": self.e_tilde})
 
     def regularizer(self, logits: Tensor, inputs: Tensor, targets: Tensor,
                     indices: Tensor | None) -> Tensor | float:

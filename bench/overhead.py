@@ -51,7 +51,8 @@ from .official_saf import HostLogitStore, OfficialSAF
 from .schedules import base_optimizer, lr_scheduler
 
 REFERENCE = "sgd"
-METHODS: tuple[str, ...] = ("sgd", "sam", "esam", "saf", "saf_official", "mesa")
+# Every registered method, with the official SAF store design measured beside ours.
+METHODS: tuple[str, ...] = tuple(x for m in optimizers.methods() for x in ((m, "saf_official") if m == "saf" else (m,)))
 PRECISIONS = ("fp32", "bf16")
 IMAGENET_SAMPLES = 1_281_167
 CIFAR_SAMPLES = 50_000
@@ -219,14 +220,19 @@ def build_method(name: str, net: nn.Module, *, optimizer: str, num_samples: int,
     common: dict[str, Any] = {"precision": precision}
     if name == OfficialSAF.name:
         return OfficialSAF(net, base, num_samples=num_samples, num_classes=num_classes, **common)
-    if name == "saf":
+    spec = optimizers.method_spec(name)
+    if spec.needs_indices:
         common.update(num_samples=num_samples, num_classes=num_classes)
+    if spec.draws_random:
+        common["seed"] = optimizers.method_seed(0, name)
+    if spec.needs_lr_range:
+        common.update(lr_max=lr, lr_min=lr)
     return optimizers.create(name, net, base, **common)
 
 
 def active_epoch(method: Method) -> int:
     """The first epoch at which the method does all of its work (SAF reads its store, MESA runs its EMA)."""
-    return max(int(getattr(method, "e_start", 0)), int(getattr(method, "e_tilde", 0)))
+    return method.spec.active_from({h.name: getattr(method, h.name, h.default) for h in method.spec.hparams})
 
 
 def _unique_bytes(tensors: Iterator[Tensor], device: torch.device) -> int:

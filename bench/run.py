@@ -36,7 +36,8 @@ from .distributed import DistInfo, all_reduce_sum, init_from_env
 from .errors import UsageError
 from .models import count_parameters, create_model
 from .provenance import provenance
-from .schedules import base_optimizer, lr_scheduler
+from .sharpness import sam_sharpness
+from .schedules import base_optimizer, lr_range, lr_scheduler
 
 CHECKPOINT = "checkpoint.pt"
 SUMMARY = "summary.json"
@@ -50,12 +51,6 @@ def resolve_device(config: RunConfig, info: DistInfo | None = None) -> torch.dev
     return torch.device("cuda", info.local_rank if info else 0)
 
 
-def resolve_precision(config: RunConfig, device: torch.device) -> str:
-    if config.precision != "auto":
-        return config.precision
-    return "bf16" if device.type == "cuda" else "fp32"
-
-
 def read_summary(run_dir: Path) -> dict[str, Any] | None:
     import json
 
@@ -63,6 +58,17 @@ def read_summary(run_dir: Path) -> dict[str, Any] | None:
         return json.loads((run_dir / SUMMARY).read_text())
     except (OSError, ValueError):
         return None
+
+
+def closest_runs(out: Path, name: str, limit: int = 3) -> str:
+    """Run directories under `out` most like `name` (same dataset-model-method-seed first), for error messages."""
+    import difflib
+
+    prefix = name.rsplit("-", 1)[0]
+    names = sorted(p.name for p in out.iterdir() if p.is_dir()) if out.is_dir() else []
+    same = [n for n in names if n.startswith(prefix + "-")]
+    others = difflib.get_close_matches(name, [n for n in names if n not in same], n=limit, cutoff=0.0)
+    return ", ".join((same + others)[:limit]) or "none"
 
 
 def _host_rss_bytes() -> int:
@@ -87,12 +93,15 @@ class Run:
     """Sets a run up from a validated config; `train()` runs the epochs and writes the run directory."""
 
     def __init__(self, config: RunConfig, *, resume: bool = False, command: str | None = None) -> None:
-        self.config = config.resolved()
         self.resume = resume
         self.info = init_from_env("cuda" if resolve_device(config).type == "cuda" else "cpu")
         self.device = resolve_device(config, self.info)
-        self.precision = resolve_precision(self.config, self.device)
-        self.run_dir = self.config.run_dir()
+        # The name (hash) is the requested config's; config.yaml records the values actually used.
+        self.config_hash = config.config_hash()
+        self.run_name = config.run_name()
+        self.config = config.resolved(self.device.type)
+        self.precision = self.config.precision
+        self.run_dir = Path(self.config.out) / self.run_name
         self.command = command
         io.check_writable(self.config.out)
         # Everything that can reject user input happens before the run directory is created.
@@ -101,11 +110,12 @@ class Run:
             device=self.device, seed=self.config.seed, train_subset=self.config.train_subset,
             download=self.config.download, rank=self.info.rank, world_size=self.info.world_size,
             num_workers=self.config.num_workers, eval_batch_size=self.config.eval_batch_size,
-            channels_last=self._channels_last())
+            channels_last=self.config.channels_last, label_noise=self.config.label_noise,
+            **({} if self.config.augment else {"augment": False}))
         torch.manual_seed(self.config.seed)  # identical initial weights on every rank and every resume
         net = create_model(self.config.model, num_classes=self.data.num_classes, in_chans=self.data.in_chans,
                            img_size=self.data.img_size).to(self.device)
-        if self._channels_last():
+        if self.config.channels_last:
             net = net.to(memory_format=torch.channels_last)
         self.net = net
         self.num_params = count_parameters(net)
@@ -121,16 +131,28 @@ class Run:
         self.method = optimizers.create(
             self.config.method, model, self.optimizer, label_smoothing=self.config.label_smoothing,
             precision=self.precision, bn_update=self.config.bn_update,
-            **self.config.method_kwargs(num_samples=self.data.num_samples, num_classes=self.data.num_classes))
+            **self.config.method_kwargs(num_samples=self.data.num_samples, num_classes=self.data.num_classes,
+                                        lr_range=lr_range(self.config)))
+        self.sharpness_batches = self._sharpness_batches() if self.config.sharpness else None
         self.rows: list[dict[str, Any]] = []
         self.start_epoch = 0
         self.elapsed_s = 0.0
         self._prepare_run_dir()
 
-    def _channels_last(self) -> bool:
-        if self.config.channels_last is not None:
-            return self.config.channels_last
-        return self.device.type == "cuda"
+    def _sharpness_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The first `sharpness_samples` training samples (labels as trained on), un-augmented, seed-0 order,
+        in batches of the training batch size: the same for every method, seed and epoch."""
+        fixed = create_data(self.config.dataset, root=self.config.data_root, batch_size=self.config.batch_size,
+                            device=self.device, seed=0, train_subset=self.config.train_subset, num_workers=0,
+                            channels_last=self.config.channels_last, label_noise=self.config.label_noise,
+                            augment=False)
+        batches, seen = [], 0
+        for _, inputs, targets in fixed.train_batches(0):
+            batches.append((inputs, targets))
+            seen += targets.shape[0]
+            if seen >= self.config.sharpness_samples:
+                break
+        return batches
 
     # ---- run directory ---------------------------------------------------------------------------
     def _prepare_run_dir(self) -> None:
@@ -138,6 +160,9 @@ class Run:
         taken = self.run_dir.exists() and any(self.run_dir.iterdir())
         if self.info.enabled:
             dist.barrier()  # every rank looks before rank 0 writes config.yaml, so all agree on `taken`
+        if self.resume and not taken:
+            raise UsageError(f"--resume: no run with this config under {self.config.out} "
+                             f"({self.run_name}); closest there: {closest_runs(Path(self.config.out), self.run_name)}")
         if taken and not self.resume:
             raise UsageError(f"run directory {self.run_dir} already exists: pass --resume to continue it, "
                              "or choose another --out")
@@ -149,7 +174,7 @@ class Run:
 
     def _load_checkpoint(self, path: Path) -> None:
         state = torch.load(path, map_location=self.device, weights_only=True)
-        if state.get("config_hash") != self.config.config_hash():
+        if state.get("config_hash") != self.config_hash:
             theirs, ours = state.get("identity", {}), self.config.identity()
             diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
             raise UsageError(f"checkpoint {path} is from another config (differs in: {', '.join(diff) or '?'})")
@@ -177,7 +202,7 @@ class Run:
             return
         state = {"epoch": epoch, "model": self.net.state_dict(), "method": method_state,
                  "scheduler": self.scheduler.state_dict(), "rng_cpu": torch.get_rng_state(),
-                 "config_hash": self.config.config_hash(), "identity": self.config.identity(),
+                 "config_hash": self.config_hash, "identity": self.config.identity(),
                  "world_size": self.info.world_size, "metrics": self.rows, "elapsed_s": self.elapsed_s}
         if self.device.type == "cuda":
             state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
@@ -250,6 +275,10 @@ class Run:
                "peak_mem_bytes": _peak_mem_bytes(self.device), "host_rss_bytes": _host_rss_bytes(),
                "data_resident_bytes": self.data.resident_bytes}
         row.update(self.method.extra_metrics())
+        if self.sharpness_batches is not None:
+            start = time.perf_counter()
+            row["sharpness"] = sam_sharpness(self.net, self.sharpness_batches, self.config.sharpness_rho)
+            row["sharpness_time_s"] = time.perf_counter() - start
         return row
 
     @torch.no_grad()
@@ -303,7 +332,9 @@ class Run:
             "train_time_s": sum(r["epoch_time_s"] for r in rows),
             "wall_s": self.elapsed_s,
             "peak_mem_bytes": max((r["peak_mem_bytes"] for r in rows), default=_peak_mem_bytes(self.device)),
-            "hparams": self.config.hparams(), "config_hash": self.config.config_hash(),
+            "hparams": self.config.hparams(), "method_seed": self.config.method_seed(),
+            "config_hash": self.config_hash, "label_noise": self.config.label_noise,
+            "label_noise_flipped": getattr(self.data, "label_noise_flipped", 0),
             "run_dir": self.run_dir.name, "world_size": self.info.world_size, "precision": self.precision,
             "batch_size": self.config.batch_size, "lr": self.config.lr, "train_subset": self.config.train_subset,
             "num_samples": self.data.num_samples, "num_params": self.num_params,

@@ -41,3 +41,13 @@ def lr_factor(config: RunConfig, step: int, steps_per_epoch: int) -> float:
 def lr_scheduler(config: RunConfig, optimizer: torch.optim.Optimizer,
                  steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(config, step, steps_per_epoch))
+
+
+def lr_range(config: RunConfig) -> tuple[float, float]:
+    """(lr_max, lr_min) the schedule reaches after warm-up: what GSAM scales its radius between."""
+    if config.schedule == "constant":
+        return config.lr, config.lr
+    if config.schedule == "step":
+        reached = [m for m in config.lr_milestones if m < config.epochs]
+        return config.lr, config.lr * config.lr_gamma ** len(reached)
+    return config.lr, 0.0

@@ -11,15 +11,18 @@
 from .base import BN_UPDATES, PRECISIONS, Method, StepOutput, unwrap
 from .esam import ESAM
 from .mesa import MESA
-from .registry import create, method_class, method_hparams, register_method
+from .registry import (all_hparams, create, method_class, method_hparams, method_spec, methods, register_method,
+                       unregister_method)
 from .saf import SAF
 from .sam import SAM
 from .sgd import SGD
+from .spec import HParam, MethodSpec, method_seed
 
 for _cls in (SGD, SAM, ESAM, SAF, MESA):
     register_method(_cls)
 
-METHODS: tuple[str, ...] = ("sgd", "sam", "esam", "saf", "mesa")
+METHODS: tuple[str, ...] = methods()  # the built-in methods; `methods()` also lists ones registered later
 
-__all__ = ["BN_UPDATES", "ESAM", "MESA", "METHODS", "PRECISIONS", "SAF", "SAM", "SGD", "Method", "StepOutput",
-           "create", "method_class", "method_hparams", "register_method", "unwrap"]
+__all__ = ["BN_UPDATES", "ESAM", "MESA", "METHODS", "PRECISIONS", "SAF", "SAM", "SGD", "HParam", "Method",
+           "MethodSpec", "StepOutput", "all_hparams", "create", "method_class", "method_hparams", "method_seed",
+           "method_spec", "methods", "register_method", "unregister_method", "unwrap"]

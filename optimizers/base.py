@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .spec import MethodSpec, check_range
+
 PRECISIONS = ("fp32", "bf16", "fp16")
 BN_UPDATES = ("clean", "both")
 
@@ -39,15 +41,6 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-def check_range(name: str, value: float, low: float, high: float, *, low_open: bool, high_open: bool) -> None:
-    """Raise ValueError unless `value` lies in the interval; the message names value and interval."""
-    ok_low = value > low if low_open else value >= low
-    ok_high = value < high if high_open else value <= high
-    if not (ok_low and ok_high):
-        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-        raise ValueError(f"{name}={value!r} is invalid: allowed values lie in {interval}")
-
-
 class Method:
     """Base class: a single clean forward-backward and a base-optimizer step (plain SGD semantics).
 
@@ -55,6 +48,7 @@ class Method:
     """
 
     name: ClassVar[str] = "sgd"
+    spec: ClassVar[MethodSpec]
 
     def __init__(
         self,

@@ -15,20 +15,32 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .base import check_range
-from .sam import SAM
+from .sam import ADAPTIVE, RHO, SAM
+from .spec import HParam, MethodSpec
+
+SPEC = MethodSpec(
+    name="esam", paper="Du et al., ICLR 2022", passes=1.0 + 0.5,  # ascent + gamma of the descent samples, roughly
+    draws_random=True,
+    summary="SWP: each tensor perturbed with prob. beta (unselected tensors get no weight-gradient work), e scaled "
+            "1/beta; SDS: second pass on the ceil(gamma B) samples whose loss rose most",
+    hparams=(RHO, ADAPTIVE,
+             HParam("beta", float, 0.5, "SWP: probability that a parameter tensor is perturbed",
+                    source="ESAM paper, Sec. 4 (CIFAR)", low=0.0, high=1.0, low_open=True),
+             HParam("gamma", float, 0.5, "SDS: fraction of the batch, by largest loss rise, in the descent pass",
+                    source="ESAM paper, Sec. 4 (CIFAR)", low=0.0, high=1.0, low_open=True)))
 
 
 class ESAM(SAM):
     name = "esam"
+    spec = SPEC
 
-    def __init__(self, model: nn.Module, base_optimizer: torch.optim.Optimizer, *, rho: float = 0.05,
-                 beta: float = 0.5, gamma: float = 0.5, seed: int = 0, **common: Any) -> None:
+    def __init__(self, model: nn.Module, base_optimizer: torch.optim.Optimizer, *, rho: float = RHO.default,
+                 beta: float = SPEC.defaults["beta"], gamma: float = SPEC.defaults["gamma"], seed: int = 0,
+                 **common: Any) -> None:
         super().__init__(model, base_optimizer, rho=rho, **common)
-        check_range("beta", beta, 0.0, 1.0, low_open=True, high_open=False)
-        check_range("gamma", gamma, 0.0, 1.0, low_open=True, high_open=False)
-        self.beta = float(beta)
-        self.gamma = float(gamma)
+        hp = SPEC.check({"rho": rho, "beta": beta, "gamma": gamma, "adaptive": common.get("adaptive", False)})
+        self.beta, self.gamma = hp["beta"], hp["gamma"]
+        self.seed = int(seed)
         # A private CPU generator: the tensor draw needs no device sync and is saved in state_dict.
         self.generator = torch.Generator().manual_seed(int(seed))
         self._selected_fraction = 1.0

@@ -14,21 +14,32 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .base import Method, check_range, unwrap
-from .saf import check_trajectory_hparams
+from .base import Method, unwrap
+from .saf import E_START, TAU
+from .spec import HParam, MethodSpec
 from .trajectory import trajectory_loss
+
+SPEC = MethodSpec(
+    name="mesa", paper="Du et al., NeurIPS 2022, Sec. 4.3", passes=1.0 + 1.0 / 3.0,  # + a no-grad EMA forward
+    summary="the same loss with z_old from an EMA copy of the model",
+    hparams=(HParam("lam", float, 0.8, "weight lambda of the trajectory loss", source="SAF paper, Sec. 5 (MESA)",
+                    low=0.0),
+             TAU, E_START,
+             HParam("ema_decay", float, 0.9998, "decay d of the EMA teacher, ema = d ema + (1 - d) w",
+                    source="official MESA code (CIFAR, 200 epochs)", low=0.0, high=1.0, high_open=True)),
+    active_from=lambda hp: int(hp["e_start"]))
 
 
 class MESA(Method):
     name = "mesa"
+    spec = SPEC
 
-    def __init__(self, model: nn.Module, base_optimizer: torch.optim.Optimizer, *, lam: float = 0.8,
-                 tau: float = 5.0, e_start: int = 5, ema_decay: float = 0.9998, **common: Any) -> None:
+    def __init__(self, model: nn.Module, base_optimizer: torch.optim.Optimizer, *, lam: float = SPEC.defaults["lam"],
+                 tau: float = TAU.default, e_start: int = E_START.default,
+                 ema_decay: float = SPEC.defaults["ema_decay"], **common: Any) -> None:
         super().__init__(model, base_optimizer, **common)
-        check_trajectory_hparams(lam, tau, e_start)
-        check_range("ema_decay", ema_decay, 0.0, 1.0, low_open=False, high_open=True)
-        self.lam, self.tau, self.e_start = float(lam), float(tau), int(e_start)
-        self.ema_decay = float(ema_decay)
+        hp = SPEC.check({"lam": lam, "tau": tau, "e_start": e_start, "ema_decay": ema_decay})
+        self.lam, self.tau, self.e_start, self.ema_decay = hp["lam"], hp["tau"], hp["e_start"], hp["ema_decay"]
         source = unwrap(model)
         self.ema = copy.deepcopy(source).eval().requires_grad_(False)
         self._pairs_params = (list(self.ema.parameters()), [p.detach() for p in source.parameters()])
@@ -38,7 +49,7 @@ class MESA(Method):
 
     @property
     def active(self) -> bool:
-        return self.epoch >= self.e_start
+        return self.epoch >= SPEC.active_from({"e_start": self.e_start})
 
     def regularizer(self, logits: Tensor, inputs: Tensor, targets: Tensor, indices: Tensor | None) -> Tensor | float:
         if not self.active:

@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .base import Method, check_range
+from .base import Method
+from .spec import HParam, MethodSpec
 from .store import LogitStore
 from .trajectory import trajectory_loss
 
@@ -23,38 +24,47 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 DEFAULT_STORE_DTYPE = "float16"  # changes the trajectory loss by < 1e-3 relative (safbench overhead --store-report)
 
 
-def check_trajectory_hparams(lam: float, tau: float, e_start: int) -> None:
-    check_range("lam", lam, 0.0, float("inf"), low_open=False, high_open=True)
-    check_range("tau", tau, 0.0, float("inf"), low_open=True, high_open=True)
-    if int(e_start) != e_start or e_start < 0:
-        raise ValueError(f"e_start={e_start!r} is invalid: allowed values are integers >= 0")
-
-
-def check_store_hparams(method: str, num_samples: int | None, num_classes: int | None, lam: float, tau: float,
-                        e_tilde: int, e_start: int) -> None:
-    """The checks of every per-sample logit store design (ours and the official one)."""
+def check_store_size(method: str, num_samples: int | None, num_classes: int | None) -> None:
+    """Every per-sample logit store design (ours and the official one) needs the dataset's size."""
     if num_samples is None or num_classes is None or num_samples < 1 or num_classes < 1:
         raise ValueError(f"{method} needs num_samples and num_classes >= 1 to size its store "
                          f"(got num_samples={num_samples!r}, num_classes={num_classes!r})")
-    check_trajectory_hparams(lam, tau, e_start)
-    if int(e_tilde) != e_tilde or e_tilde < 1:
-        raise ValueError(f"e_tilde={e_tilde!r} is invalid: allowed values are integers >= 1")
+
+
+TAU = HParam("tau", float, 5.0, "temperature tau of the trajectory loss's softmaxes",
+             source="SAF paper, Sec. 5 (all experiments)", low=0.0, low_open=True)
+E_START = HParam("e_start", int, 5, "first epoch (0-based) of the trajectory loss: the paper's 1-based "
+                 "e > E_start; the official code's --kl_start_epoch k is e_start = k + 1",
+                 source="SAF paper, Sec. 5 (CIFAR)", low=0)
+SPEC = MethodSpec(
+    name="saf", paper="Du et al., NeurIPS 2022", needs_indices=True,
+    summary="CE + lam tau^2 KL(softmax(z_old/tau) ‖ softmax(z/tau)), z_old = the sample's own logits from e_tilde "
+            "epochs ago, from a per-sample store on the device, sharded and consistent under DDP",
+    hparams=(HParam("lam", float, 0.3, "weight lambda of the trajectory loss", source="SAF paper, Sec. 5 (CIFAR)",
+                    low=0.0),
+             TAU,
+             HParam("e_tilde", int, 3, "E~: the store returns each sample's logits from this many epochs ago",
+                    source="SAF paper, Sec. 5 (CIFAR)", low=1),
+             E_START,
+             HParam("store_dtype", str, DEFAULT_STORE_DTYPE, "dtype of the per-sample logit store",
+                    source="ours: fp16 changes the loss by < 1e-3 relative (safbench overhead --store-report)",
+                    choices=tuple(_DTYPES))),
+    active_from=lambda hp: max(int(hp["e_start"]), int(hp["e_tilde"])))
 
 
 class SAF(Method):
     name = "saf"
+    spec = SPEC
 
     def __init__(self, model: nn.Module, base_optimizer: torch.optim.Optimizer, *,
-                 num_samples: int | None = None, num_classes: int | None = None, lam: float = 0.3,
-                 tau: float = 5.0, e_tilde: int = 3, e_start: int = 5, store_dtype: str = DEFAULT_STORE_DTYPE,
-                 store_device: str | torch.device | None = None, process_group: Any = None,
-                 **common: Any) -> None:
+                 num_samples: int | None = None, num_classes: int | None = None, lam: float = SPEC.defaults["lam"],
+                 tau: float = TAU.default, e_tilde: int = SPEC.defaults["e_tilde"], e_start: int = E_START.default,
+                 store_dtype: str = DEFAULT_STORE_DTYPE, store_device: str | torch.device | None = None,
+                 process_group: Any = None, **common: Any) -> None:
         super().__init__(model, base_optimizer, **common)
-        check_store_hparams(self.name, num_samples, num_classes, lam, tau, e_tilde, e_start)
-        if store_dtype not in _DTYPES:
-            raise ValueError(f"store_dtype={store_dtype!r} is invalid: allowed values are {', '.join(_DTYPES)}")
-        self.lam, self.tau = float(lam), float(tau)
-        self.e_tilde, self.e_start = int(e_tilde), int(e_start)
+        check_store_size(self.name, num_samples, num_classes)
+        hp = SPEC.check({"lam": lam, "tau": tau, "e_tilde": e_tilde, "e_start": e_start, "store_dtype": store_dtype})
+        self.lam, self.tau, self.e_tilde, self.e_start = hp["lam"], hp["tau"], hp["e_tilde"], hp["e_start"]
         self.store = LogitStore(num_samples, num_classes, self.e_tilde, dtype=_DTYPES[store_dtype],
                                 device=store_device or self.device, process_group=process_group)
         self._checked_epoch = -1
@@ -62,7 +72,7 @@ class SAF(Method):
 
     @property
     def active(self) -> bool:
-        return self.epoch >= max(self.e_start, self.e_tilde)
+        return self.epoch >= SPEC.active_from({"e_start": self.e_start, "e_tilde": self.e_tilde})
 
     def regularizer(self, logits: Tensor, inputs: Tensor, targets: Tensor, indices: Tensor | None) -> Tensor | float:
         if indices is None:

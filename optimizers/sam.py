@@ -16,20 +16,30 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .base import Method, StepOutput, check_range
+from .base import Method, StepOutput
+from .spec import HParam, MethodSpec
 
 _EPS = 1e-12
+
+RHO = HParam("rho", float, 0.05, "perturbation radius rho of the ascent step e = rho g/||g||",
+             source="SAM paper (Foret et al. 2021), CIFAR-10 WRN/ResNet; SAF paper Sec. 5", low=0.0)
+ADAPTIVE = HParam("adaptive", bool, False, "ASAM: scale the ascent by |w| (then use rho ~ 0.5-2)",
+                  source="SAM's default (non-adaptive)")
 
 
 class SAM(Method):
     name = "sam"
+    spec = MethodSpec(
+        name="sam", paper="Foret et al., ICLR 2021 (ASAM: Kwon et al., ICML 2021)", passes=2.0,
+        summary="ascent e = rho g/‖g‖ (first pass under DDP `no_sync`: per-worker perturbation), "
+                "gradient at w+e, w restored exactly",
+        hparams=(RHO, ADAPTIVE))
 
-    def __init__(self, model: nn.Module, base_optimizer: torch.optim.Optimizer, *, rho: float = 0.05,
+    def __init__(self, model: nn.Module, base_optimizer: torch.optim.Optimizer, *, rho: float = RHO.default,
                  adaptive: bool = False, **common: Any) -> None:
         super().__init__(model, base_optimizer, **common)
-        check_range("rho", rho, 0.0, float("inf"), low_open=False, high_open=True)
-        self.rho = float(rho)
-        self.adaptive = bool(adaptive)
+        hp = SAM.spec.check({"rho": rho, "adaptive": adaptive})
+        self.rho, self.adaptive = hp["rho"], hp["adaptive"]
 
     # ESAM overrides these two: which tensors are perturbed, and which samples the second pass sees.
     def ascent_params(self, params: list[nn.Parameter]) -> tuple[list[nn.Parameter], float]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from .base import Method
+from .spec import MethodSpec
 
 
 class SGD(Method):
     name = "sgd"
+    spec = MethodSpec(name="sgd", summary="one forward-backward, base step", paper="the base optimizer alone")

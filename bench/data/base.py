@@ -37,6 +37,7 @@ class LoaderOptions:
     num_workers: int = 4
     eval_batch_size: int | None = None
     channels_last: bool = False
+    label_noise: float = 0.0
 
     @property
     def test_batch_size(self) -> int:

@@ -70,6 +70,7 @@ def create_data(
     num_workers: int = 4,
     eval_batch_size: int | None = None,
     channels_last: bool = False,
+    label_noise: float = 0.0,
     **kwargs: Any,
 ) -> Data:
     """Build dataset `name` for one rank; extra kwargs go to that dataset (e.g. synthetic's `shape`)."""
@@ -86,6 +87,8 @@ def create_data(
         raise UsageError(f"seed must be >= 0, got {seed}")
     if train_subset is not None and train_subset < 1:
         raise UsageError(f"train_subset must be >= 1, got {train_subset}")
+    if not 0 <= label_noise < 1:
+        raise UsageError(f"label_noise={label_noise} is invalid: allowed values lie in [0, 1)")
     if num_workers < 0:
         raise UsageError(f"num_workers must be >= 0, got {num_workers}")
     try:
@@ -105,5 +108,9 @@ def create_data(
         num_workers=num_workers,
         eval_batch_size=eval_batch_size,
         channels_last=channels_last,
+        label_noise=label_noise,
     )
-    return factory(opts, **kwargs)
+    data = factory(opts, **kwargs)
+    if label_noise > 0 and not hasattr(data, "label_noise_flipped"):
+        raise UsageError(f"label_noise is supported for the datasets held in memory, not {name!r}")
+    return data

@@ -16,6 +16,21 @@ from bench.data.augment import Normalize, crop_flip
 from bench.data.base import LoaderOptions
 from bench.data.sampling import epoch_generator, shard, steps_per_epoch
 
+LABEL_NOISE_SEED = 0  # one noisy training set for every seed and method, so runs stay paired by seed
+
+
+def symmetric_label_noise(targets: np.ndarray, num_classes: int, p: float, seed: int = LABEL_NOISE_SEED
+                          ) -> np.ndarray:
+    """Each label, with probability p, replaced by one of the *other* classes drawn uniformly.
+
+    Drawn for the whole training set at once, keyed by sample index, so a subset keeps its samples'
+    noisy labels; the same (targets, p, seed) always give the same labels.
+    """
+    u = torch.rand(len(targets), 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).numpy()
+    flip = u[:, 0] < p  # row i depends only on i: a prefix of the set gets the prefix of the draws
+    shift = 1 + np.minimum((u[:, 1] * (num_classes - 1)).astype(np.int64), num_classes - 2)
+    return np.where(flip, (targets.astype(np.int64) + shift) % num_classes, targets)
+
 
 @dataclass(frozen=True)
 class Augmentation:
@@ -39,6 +54,7 @@ class ResidentData:
     std: tuple[float, ...]
     opts: LoaderOptions
     augmentation: Augmentation | None = Augmentation()
+    label_noise_flipped: int = 0  # training labels changed by symmetric label noise
     _normalize: Normalize = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -57,6 +73,8 @@ class ResidentData:
     ) -> ResidentData:
         """Keep the first `train_subset` training samples and move everything to the device once."""
         n = opts.subset_size(name, len(train[0]))
+        clean = np.asarray(train[1])
+        labels = symmetric_label_noise(clean, num_classes, opts.label_noise) if opts.label_noise > 0 else clean
 
         def put(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
             # Copy so a subset does not keep the full host array alive through a shared view.
@@ -65,7 +83,7 @@ class ResidentData:
         return cls(
             name=name,
             train_images=put(train[0][:n], torch.uint8),
-            train_targets=put(train[1][:n], torch.int64),
+            train_targets=put(labels[:n], torch.int64),
             test_images=put(test[0], torch.uint8),
             test_targets=put(test[1], torch.int64),
             num_classes=num_classes,
@@ -73,6 +91,7 @@ class ResidentData:
             std=mean_std[1],
             opts=opts,
             augmentation=augmentation,
+            label_noise_flipped=int((labels[:n] != clean[:n]).sum()),
         )
 
     @property

@@ -62,7 +62,8 @@ def test_one_epoch_writes_every_output(tmp_path: Path, method: str) -> None:
     assert on_disk["final_test_acc"] == pytest.approx(metrics["test_acc"].iloc[-1])
 
     resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
-    assert RunConfig(**resolved).config_hash() == config.config_hash()
+    assert RunConfig.from_record(resolved).config_hash() == config.config_hash()
+    assert resolved["precision"] == "fp32" and resolved["channels_last"] is False and resolved["device"] == "cpu"
     checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     assert checkpoint["epoch"] == 2 and set(checkpoint["model"]) == set(Run(
         tiny(tmp_path / "other", method=method, **trajectory_active(method))).net.state_dict())
@@ -155,7 +156,7 @@ BASE = ["run", "--dataset", "synthetic", "--model", "mlp_tiny", "--epochs", "1",
 
 
 @pytest.mark.parametrize("bad, needle", [
-    (["--method", "adam"], "method='adam'"),
+    (["--method", "adam"], "'adam'"),
     (["--dataset", "mnist"], "mnist"),
     (["--model", "resnet9000"], "resnet9000"),
     (["--method", "sam", "--rho", "-1"], "rho=-1"),
