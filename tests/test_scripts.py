@@ -28,7 +28,7 @@ def safbench_calls(script: Path) -> list[list[str]]:
             continue
         match = _CALL.search(line)
         if match:
-            args = re.sub(r'"\$\(.*?\)"', "X", match.group(1))  # "$(echo ...)"
+            args = re.sub(r'"\$\(.*?\)"', "X", match.group(1).rstrip().removesuffix("&"))  # "$(echo ...)"
             args = re.sub(r'"?\$\{?\w+\}?"?', "X", args)  # "$RUNS", $OUT, ${VAR}
             calls.append(shlex.split(args))
     return calls
@@ -70,3 +70,9 @@ def test_a_renamed_flag_would_be_caught(tmp_path: Path) -> None:
     assert argv == ["overhead", "--device", "cpu", "--batchsize", "8", "--out", "X"]
     with pytest.raises(SystemExit):
         build_parser().parse_args(argv)
+
+
+def test_fashionmnist_regime_script() -> None:
+    parsed = parse_all("fashionmnist_regime.sh")
+    assert [p.command for p in parsed] == ["grid", "grid", "report"]
+    assert parsed[0].file.endswith("fashionmnist-regime.yaml")
