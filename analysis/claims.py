@@ -205,3 +205,28 @@ def label_cells(rows: pd.DataFrame) -> pd.DataFrame:
 
     rows["cell"] = [label(m, int(e)) for m, e in zip(rows["method"], rows["epochs"], strict=True)]
     return rows
+
+
+def folders_with_claims(rows: pd.DataFrame, base: str = "sgd", sam: str = "sam") -> dict[str, pd.DataFrame]:
+    """Each results folder (rows' `grid`) that ran both the base method and SAM, its finished rows labelled."""
+    out = {}
+    finished = rows[rows["status"] == "finished"] if "status" in rows else rows
+    for grid, part in finished.groupby("grid", sort=True):
+        if {base, sam} <= set(part["method"]):
+            out[str(grid)] = label_cells(part)
+    return out
+
+
+def format_claims(frame: pd.DataFrame) -> pd.DataFrame:
+    """The claims table as shown: the estimate with its interval in one column."""
+
+    def shown(r: pd.Series) -> str:
+        digits = 2 if r["unit"] in ("points",) else 3
+        if not math.isfinite(r["mean"]):
+            return "—"
+        interval = f" [{r['ci_low']:.{digits}f}, {r['ci_high']:.{digits}f}]" if math.isfinite(r["ci_low"]) else ""
+        return f"{r['mean']:+.{digits}f}{interval}" if r["unit"] == "points" else f"{r['mean']:.{digits}f}{interval}"
+
+    return pd.DataFrame({"claim": frame["claim"], "measured": frame["measure"],
+                         "estimate [95% CI]": [shown(r) for _, r in frame.iterrows()], "seeds": frame["seeds"],
+                         "rule": frame["rule"], "verdict": frame["verdict"]})

@@ -26,7 +26,10 @@ import yaml
 from bench import io
 from bench.errors import UsageError
 
-REFERENCE_CSV = Path(__file__).resolve().parent.parent / "results" / "reference" / "paper_results.csv"
+from . import claims
+
+# results/reference/ in a checkout (analysis/reference links to it); package data in a wheel.
+REFERENCE_CSV = Path(__file__).resolve().parent / "reference" / "paper_results.csv"
 REFERENCE_COLUMNS = ("source", "table", "dataset", "model", "method", "top1_acc", "top1_std",
                      "images_per_s", "throughput_vs_base", "notes")
 PAPER_SOURCE = "SAF"  # reference rows whose source starts with this are the paper's own tables
@@ -671,7 +674,8 @@ class CostSection:
 
 def report_markdown(report_dir: Path, rows: pd.DataFrame, tables: Sequence[TableFile],
                     figures: Sequence[Any], regenerate: str, reference: str,
-                    conclusions: Sequence[tuple[str, str]] = (), cost: CostSection | None = None) -> str:
+                    conclusions: Sequence[tuple[str, str]] = (), cost: CostSection | None = None,
+                    claim_tables: Sequence[TableFile] = ()) -> str:
     status = rows["status"].value_counts()
     parts = [
         "# safbench report\n",
@@ -689,6 +693,15 @@ def report_markdown(report_dir: Path, rows: pd.DataFrame, tables: Sequence[Table
         parts.append(f"Written by hand from the tables below (kept in each results folder's `{NOTES}`).\n")
         for folder, text in conclusions:
             parts.append(f"### From `{folder}`\n\n{text}\n")
+    if claim_tables:
+        parts.append("## Claims\n")
+        parts.append(f"Each of the paper's claims beside our measurement in one results folder: per-seed paired "
+                     f"differences (same initial weights and data order within a seed) with a 95% Student-t "
+                     f"interval, or a percentile bootstrap over seeds for ratios. Verdicts follow `analysis/claims.py`: "
+                     f"{claims.REPRODUCED} when the interval lies wholly on the claimed side of the rule's threshold, "
+                     f"{claims.NOT_REPRODUCED} when wholly on the other, {claims.INCONCLUSIVE} otherwise.\n")
+        for t in claim_tables:
+            parts.append(_table_markdown(t, report_dir))
     parts.append("## Tables\n")
     for t in tables:
         parts.append(_table_markdown(t, report_dir))
@@ -751,11 +764,21 @@ def build_report(results: str | Path = "results", out: str | Path | None = None,
         cost_tables, steps = overhead_report.build_overhead_tables(found, reference_frame, out)
         cost = CostSection(_shown_path(overhead_dir), cost_tables, overhead_report.commands(found),
                            overhead_report.provenance_lines(found))
+    claim_tables, claim_folders = [], claims.folders_with_claims(rows)
+    for grid, labelled in claim_folders.items():
+        frame = claims.claims_frame(claims.claims_table(labelled))
+        claim_tables.append(write_table(out, f"claims_{slug(grid)}", f"Claims judged on `{grid}`", frame,
+                                        claims.format_claims(frame)))
     made = []
     if figures:
         from . import plots
+        from .sharpness_figure import save_sharpness_figure
 
         made = plots.make_figures(rows, agg, out / FIGURES_DIR)
+        for grid, labelled in claim_folders.items():
+            figure = save_sharpness_figure(labelled, grid, out / FIGURES_DIR, list(METHOD_ORDER))
+            if figure is not None:
+                made.append(figure)
         if steps is not None and len(steps):
             made.append(plots.save_overhead_figure(overhead_report.step_panels(steps), out / FIGURES_DIR))
     # Rebuilt from the arguments rather than sys.argv: the same line whoever called us.
@@ -764,5 +787,5 @@ def build_report(results: str | Path = "results", out: str | Path | None = None,
         f" --overhead {overhead}" if overhead is not None else "") + ("" if figures else " --no-figures")
     path = out / REPORT
     io.write_text(path, report_markdown(out, rows, tables, made, regenerate, _shown_path(ref_path),
-                                        notes(results), cost))
-    return Report(out, path, tables + (cost.tables if cost else []), made, rows)
+                                        notes(results), cost, claim_tables))
+    return Report(out, path, tables + claim_tables + (cost.tables if cost else []), made, rows)

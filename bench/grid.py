@@ -84,7 +84,27 @@ def default_out(path: str | Path) -> str:
     return str(Path("runs") / Path(path).stem)
 
 
+SHIPPED_GRIDS = Path(__file__).resolve().parent / "grids"  # the checkout's grids/, package data in a wheel
+
+
+def shipped_grids() -> list[str]:
+    return sorted(p.stem for p in SHIPPED_GRIDS.glob("*.yaml"))
+
+
+def resolve_grid(path: str | Path) -> Path:
+    """A grid file's path, or a shipped grid's name (`quick`, `paper-cifar`, ...) when no such file exists."""
+    path = Path(path)
+    if path.exists() or path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
+        return path
+    shipped = SHIPPED_GRIDS / f"{path.name}.yaml"
+    if shipped.exists():
+        return shipped
+    raise UsageError(f"no grid file {str(path)!r} here and no shipped grid of that name; "
+                     f"shipped grids: {', '.join(shipped_grids())}")
+
+
 def load_grid(path: str | Path) -> GridSpec:
+    path = resolve_grid(path)
     try:
         data = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as exc:

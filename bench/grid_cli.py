@@ -20,14 +20,15 @@ from typing import Any
 
 from .cells import State, cell_state, lock_holder, lock_path
 from .errors import UsageError
-from .grid import Cell, default_out, load_grid
+from .grid import Cell, default_out, load_grid, resolve_grid
 from .launchers import LAUNCHERS, LaunchOptions, launch_gpus, launch_local, launch_slurm
 
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("grid", help="run (or list) every cell of a grid file",
                               description=__doc__.split("\n\n")[0])
-    p.add_argument("file", help="grid YAML file: base, grid, per_method")
+    p.add_argument("file", help="grid YAML file (base, grid, per_method), or the name of a shipped grid: "
+                                "quick, fashionmnist, fashionmnist-regime, paper-cifar, paper-imagenet, ...")
     p.add_argument("--launcher", choices=LAUNCHERS, default="local", help="where cells run (default: local)")
     p.add_argument("--out", help="output folder (default: base out, else runs/<file stem>)")
     p.add_argument("--dry-run", action="store_true", help="list cells and their states; run and write nothing")
@@ -57,7 +58,7 @@ def _grid(args: argparse.Namespace) -> int:
     if args.nproc_per_node < 1:
         raise UsageError(f"--nproc-per-node={args.nproc_per_node} is invalid: allowed values are integers >= 1")
     spec = load_grid(args.file)
-    out = args.out or spec.base.get("out") or default_out(args.file)
+    out = args.out or spec.base.get("out") or default_out(resolve_grid(args.file))
     cells = spec.cells(out=out)  # every cell validated before anything runs
     if args.dry_run:
         print_cells(args.file, out, cells)

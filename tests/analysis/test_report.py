@@ -355,7 +355,9 @@ def test_cli_report(built: Built, tmp_path: Path, capsys: pytest.CaptureFixture[
     assert (out / "REPORT.md").is_file() and (out / "tables" / "paper_table_3.md").is_file()
     regenerate = f"safbench report --results {built.results} --out {out} --no-figures"
     assert regenerate in (out / "REPORT.md").read_text()
-    assert "5 tables, 0 figures" in capsys.readouterr().out
+    # the paper's two tables, the dataset table, two cost tables... and the claims of the folder with sgd and sam
+    assert "6 tables, 0 figures" in capsys.readouterr().out
+    assert list((out / "tables").glob("claims_*.md")) and "## Claims" in (out / "REPORT.md").read_text()
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "bad_reference"])
