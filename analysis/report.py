@@ -49,7 +49,7 @@ METHOD_ORDER = ("sgd", "adamw", "sam", "esam", "gsam", "looksam", "saf", "mesa")
 # Config columns that can set two cells of one (model, method) apart; the seed never does.
 CONFIG_COLUMNS = ("optimizer", "epochs", "batch_size", "lr", "momentum", "weight_decay", "nesterov",
                   "label_smoothing", "schedule", "warmup_epochs", "lr_milestones", "lr_gamma", "bn_update",
-                  "train_subset", "precision", "world_size", "device_name")
+                  "train_subset", "label_noise", "augment", "precision", "world_size", "device_name")
 # Throughput is only comparable between runs of the same workload on the same hardware.
 THROUGHPUT_MATCH = ("dataset", "model", "optimizer", "batch_size", "precision", "world_size", "device_name")
 PROVENANCE_COLUMNS = ("git_commit", "torch_version", "python_version", "torchvision_version", "timm_version",

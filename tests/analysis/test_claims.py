@@ -90,3 +90,10 @@ def test_claims_when_saf_recovers_half_the_gain() -> None:
     row = table[table["measure"].str.startswith("(saf − sgd)/(sam − sgd) accuracy")].iloc[0]
     assert row["mean"] == pytest.approx(0.5, abs=0.05) and row["verdict"] == NOT_REPRODUCED
     assert table[table["measure"] == "saf − sam accuracy"].iloc[0]["verdict"] == NOT_REPRODUCED
+
+
+def test_a_pilot_folder_with_sgd_and_sam_only_gets_the_gain_claim() -> None:
+    rows = _rows(1.0, 1.0)
+    pilot = rows[rows["cell"].isin(["sgd", "sam"])]
+    table = claims_frame(claims_table(pilot))
+    assert list(table["measure"]) == ["sam − sgd accuracy"] and table["verdict"].iloc[0] == REPRODUCED
