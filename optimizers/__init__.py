@@ -25,6 +25,6 @@ for _cls in (SGD, SAM, ESAM, SAF, MESA, GSAM, LookSAM):
 
 METHODS: tuple[str, ...] = methods()  # the built-in methods; `methods()` also lists ones registered later
 
-__all__ = ["BN_UPDATES", "ESAM", "GSAM", "MESA", "LookSAM", "METHODS", "PRECISIONS", "SAF", "SAM", "SGD", "HParam", "Method",
-           "MethodSpec", "StepOutput", "all_hparams", "create", "method_class", "method_hparams", "method_seed",
-           "method_spec", "methods", "register_method", "unregister_method", "unwrap"]
+__all__ = ["BN_UPDATES", "ESAM", "GSAM", "MESA", "METHODS", "PRECISIONS", "SAF", "SAM", "SGD", "HParam", "LookSAM",
+           "Method", "MethodSpec", "StepOutput", "all_hparams", "create", "method_class", "method_hparams",
+           "method_seed", "method_spec", "methods", "register_method", "unregister_method", "unwrap"]

@@ -113,7 +113,8 @@ class SAM(Method):
             grads = [p.detach().abs() * g for p, g in zip(params, grads, strict=True)]
         return [(g * scale).to(p.dtype) for p, g in zip(params, grads, strict=True)]
 
-    def local_sam_passes(self, inputs: Tensor, targets: Tensor, rho: float) -> tuple[Tensor, Tensor, list[Tensor] | None]:
+    def local_sam_passes(self, inputs: Tensor, targets: Tensor,
+                         rho: float) -> tuple[Tensor, Tensor, list[Tensor] | None]:
         """Both SAM passes at radius `rho`, under DDP `no_sync` (GSAM and LookSAM combine the two gradients
         per worker, then average once with `average_across_workers`).
 

@@ -181,7 +181,7 @@ def test_gsam_with_alpha_zero_is_sam_at_the_scheduled_radius() -> None:
     sam = optimizers.create("sam", other, other_opt, rho=0.5)
     scheds = [linear_lr(o, 6, 0.0) for o in (opt, other_opt)]
     x, y = data("convbn", 8)
-    for t in range(6):
+    for _ in range(6):
         sam.rho = 0.1 + 0.4 * other_opt.param_groups[0]["lr"] / 0.1
         gsam.step(x, y)
         sam.step(x, y)
