@@ -34,6 +34,11 @@ SPEC = MethodSpec(
                     source="GSAM paper, ResNet-50/101 on ImageNet (ViT-S/32: 0.4)", low=0.0)))
 
 
+def _dot(a: list[Tensor], b: list[Tensor]) -> Tensor:
+    """<a, b> over all tensors, as a 0-dim tensor (no host sync)."""
+    return torch.stack([torch.dot(x.reshape(-1), y.reshape(-1)) for x, y in zip(a, b, strict=True)]).sum()
+
+
 class GSAM(SAM):
     name = "gsam"
     spec = SPEC
@@ -68,11 +73,12 @@ class GSAM(SAM):
         # p.grad holds g_p, scaled by the fp16 loss scale s; work in scaled units (the projection
         # coefficient is scale-free) and let the scaler unscale d as it does any gradient.
         s = self.scaler.get_scale() if self.scaler is not None else 1.0
-        live = [(p.grad, g * s) for p, g in zip(self.trainable_params(), grads, strict=True) if p.grad is not None]
+        live = [(p.grad, g if s == 1.0 else g * s)
+                for p, g in zip(self.trainable_params(), grads, strict=True) if p.grad is not None]
         if live:
             g_p, g = (list(t) for t in zip(*live, strict=True))
             with torch.no_grad():
-                dot = torch.stack([(a * b).sum() for a, b in zip(g, g_p, strict=True)]).sum()
+                dot = _dot(g, g_p)
                 coef = dot / (torch.stack(torch._foreach_norm(g_p)).square().sum() + _EPS)
                 # d = g_p - alpha (g - coef g_p) = (1 + alpha coef) g_p - alpha g
                 torch._foreach_mul_(g_p, 1.0 + self.alpha * coef)

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import StepOutput
+from .gsam import _dot
 from .sam import _EPS, RHO, SAM
 from .spec import HParam, MethodSpec
 
@@ -35,6 +36,10 @@ SPEC = MethodSpec(
                     source="LookSAM paper (Liu et al. 2022)", low=0.0)))
 
 
+def _norm(tensors: list[Tensor]) -> Tensor:
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)))
+
+
 class LookSAM(SAM):
     name = "looksam"
     spec = SPEC
@@ -46,6 +51,7 @@ class LookSAM(SAM):
         self.rho, self.k, self.alpha = hp["rho"], hp["k"], hp["alpha"]
         self.steps = 0  # steps taken so far, over the whole run
         self.g_v: list[Tensor] | None = None
+        self._g_v_norm: Tensor | None = None  # ||g_v||, fixed between SAM steps
 
     def step(self, inputs: Tensor, targets: Tensor, indices: Tensor | None = None) -> StepOutput:
         self.base_optimizer.zero_grad(set_to_none=True)
@@ -68,14 +74,15 @@ class LookSAM(SAM):
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
         with torch.no_grad():
-            g_s = [p.grad.float() / s for p in params]  # unscaled: g_v outlives this step's loss scale
-            dot = torch.stack([(a * b).sum() for a, b in zip(grads, g_s, strict=True)]).sum()
-            coef = dot / (torch.stack(torch._foreach_norm(grads)).square().sum() + _EPS)
-            g_v = list(torch._foreach_sub(g_s, torch._foreach_mul(grads, coef)))
-        self.average_across_workers([p.grad for p in params] + g_v)
+            # Unscaled: g_v outlives this step's loss scale. `grads` (fresh tensors) become g_v in place.
+            g_s = [p.grad if s == 1.0 and p.grad.dtype == torch.float32 else p.grad.float() / s for p in params]
+            coef = _dot(grads, g_s) / (_norm(grads).square() + _EPS)
+            torch._foreach_mul_(grads, -coef)
+            torch._foreach_add_(grads, g_s)
+        self.average_across_workers([p.grad for p in params] + grads)
         stepped = self.optimizer_step()
         if stepped is not False:  # an fp16-skipped step leaves the old g_v
-            self.g_v = g_v
+            self.g_v, self._g_v_norm = grads, _norm(grads)
         return loss, logits, stepped
 
     def _reuse_step(self, inputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, bool | None]:
@@ -86,8 +93,7 @@ class LookSAM(SAM):
         g = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         with torch.no_grad():
             # Scale-free: under fp16 g is scaled by s, and so is alpha ||g||/||g_v|| g_v.
-            ratio = torch.stack(torch._foreach_norm(g)).norm() / (torch.stack(torch._foreach_norm(self.g_v)).norm()
-                                                                   + _EPS)
+            ratio = _norm(g) / (self._g_v_norm + _EPS)
             torch._foreach_add_(g, torch._foreach_mul(self.g_v, self.alpha * ratio))
         for p, d in zip(params, g, strict=True):
             p.grad = d
@@ -104,6 +110,7 @@ class LookSAM(SAM):
         self.steps = int(state["steps"])
         g_v = state["g_v"]
         self.g_v = None if g_v is None else [t.to(p.device) for t, p in zip(g_v, self.trainable_params(), strict=True)]
+        self._g_v_norm = None if self.g_v is None else _norm(self.g_v)
 
     def extra_metrics(self) -> dict[str, float]:
         return {"looksam_gv_bytes": float(sum(t.numel() * t.element_size() for t in self.g_v or []))}

@@ -8,7 +8,9 @@ hold still. The JSON (--benchmark-json) carries every method's per-round times a
 
 Fails when (step time / SGD's): SAF > 1.10, MESA > 1.6, ESAM >= SAM, SAM or GSAM outside [1.6, 2.4],
 GSAM > 1.15 SAM (its decomposition is a few parameter-sized vector ops), or LookSAM (k = 5: blocks of whole
-5-step cycles, (k+1)/k = 1.2 passes) outside [1.0, 1.5] or >= SAM.
+5-step cycles, (k+1)/k = 1.2 passes plus a few vector ops per step) > 1.6 or >= SAM. No lower limit for
+LookSAM: on this loaded 2-core machine its median ranged 1.05-1.44 over three runs; that it does SAM's two
+passes on every k-th step and one pass otherwise is test_gsam_looksam.py's deterministic pass count.
 The issue's tighter targets (SAF <= 1.05 on this CPU model; on a GPU SAF <= 1.01, MESA <= 1.20,
 ESAM <= 1.45, SAM ~2) are reported in extra_info, never asserted: timings are not pass/fail material.
 The deterministic counterpart, which does fail on an extra pass, is tests/optimizers/test_pass_counts.py.
@@ -57,8 +59,8 @@ def judge(ratio: dict[str, float]) -> list[str]:
         failures.append(f"GSAM/SGD = {ratio['gsam']:.3f} outside [1.6, 2.4]")
     if ratio["gsam"] > 1.15 * ratio["sam"]:
         failures.append(f"GSAM/SGD = {ratio['gsam']:.3f} > 1.15 SAM/SGD = {1.15 * ratio['sam']:.3f}")
-    if not 1.0 <= ratio["looksam"] <= 1.5 or ratio["looksam"] >= ratio["sam"]:
-        failures.append(f"LookSAM/SGD = {ratio['looksam']:.3f} outside [1.0, 1.5] or >= SAM/SGD = {ratio['sam']:.3f}")
+    if ratio["looksam"] > 1.6 or ratio["looksam"] >= ratio["sam"]:
+        failures.append(f"LookSAM/SGD = {ratio['looksam']:.3f} > 1.6 or >= SAM/SGD = {ratio['sam']:.3f}")
     return failures
 
 
@@ -67,7 +69,9 @@ def test_judge_limits() -> None:
     good = {"sgd": 1.0, "sam": 2.0, "esam": 1.5, "saf": 1.02, "mesa": 1.3, "gsam": 2.05, "looksam": 1.2}
     assert judge(good) == []
     assert judge({**good, "gsam": 2.35}) == ["GSAM/SGD = 2.350 > 1.15 SAM/SGD = 2.300"]
-    assert len(judge({**good, "looksam": 1.55})) == 1 and len(judge({**good, "looksam": 0.95})) == 1
+    assert judge({**good, "looksam": 1.65}) == ["LookSAM/SGD = 1.650 > 1.6 or >= SAM/SGD = 2.000"]
+    assert judge({**good, "sam": 1.6, "esam": 1.5, "gsam": 1.7, "looksam": 1.6}) == [
+        "LookSAM/SGD = 1.600 > 1.6 or >= SAM/SGD = 1.600"]  # not above 1.6, but as slow as SAM
     assert judge({**good, "saf": 1.11}) == ["SAF/SGD = 1.110 > 1.10"]
     assert judge({**good, "mesa": 1.61}) == ["MESA/SGD = 1.610 > 1.6"]
     assert judge({**good, "esam": 2.0}) == ["ESAM/SGD = 2.000 >= SAM/SGD = 2.000"]
