@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import StepOutput
-from .sam import _EPS, SAM
+from .sam import _EPS, SAM, global_dot, global_norm
 from .spec import HParam, MethodSpec, check_range
 
 SPEC = MethodSpec(
@@ -32,11 +32,6 @@ SPEC = MethodSpec(
                     source="GSAM paper, ResNet-50/101 on ImageNet (ViT-S/32: 0.0)", low=0.0),
              HParam("alpha", float, 0.01, "weight alpha of the orthogonal/reused gradient component (GSAM: of g_perp)",
                     source="GSAM paper, ResNet-50/101 on ImageNet (ViT-S/32: 0.4)", low=0.0)))
-
-
-def _dot(a: list[Tensor], b: list[Tensor]) -> Tensor:
-    """<a, b> over all tensors, as a 0-dim tensor (no host sync)."""
-    return torch.stack([torch.dot(x.reshape(-1), y.reshape(-1)) for x, y in zip(a, b, strict=True)]).sum()
 
 
 class GSAM(SAM):
@@ -78,8 +73,8 @@ class GSAM(SAM):
         if live:
             g_p, g = (list(t) for t in zip(*live, strict=True))
             with torch.no_grad():
-                dot = _dot(g, g_p)
-                coef = dot / (torch.stack(torch._foreach_norm(g_p)).square().sum() + _EPS)
+                dot = global_dot(g, g_p)
+                coef = dot / (global_norm(g_p).square() + _EPS)
                 # d = g_p - alpha (g - coef g_p) = (1 + alpha coef) g_p - alpha g
                 torch._foreach_mul_(g_p, 1.0 + self.alpha * coef)
                 torch._foreach_add_(g_p, g, alpha=-self.alpha)

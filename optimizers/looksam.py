@@ -20,8 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import StepOutput
-from .gsam import _dot
-from .sam import _EPS, RHO, SAM
+from .sam import _EPS, RHO, SAM, global_dot, global_norm
 from .spec import HParam, MethodSpec
 
 K = 5
@@ -34,10 +33,6 @@ SPEC = MethodSpec(
                     source="LookSAM paper (Liu et al. 2022), default k = 5", low=1),
              HParam("alpha", float, 0.7, "weight alpha of the orthogonal/reused gradient component (LookSAM: of g_v)",
                     source="LookSAM paper (Liu et al. 2022)", low=0.0)))
-
-
-def _norm(tensors: list[Tensor]) -> Tensor:
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)))
 
 
 class LookSAM(SAM):
@@ -76,13 +71,13 @@ class LookSAM(SAM):
         with torch.no_grad():
             # Unscaled: g_v outlives this step's loss scale. `grads` (fresh tensors) become g_v in place.
             g_s = [p.grad if s == 1.0 and p.grad.dtype == torch.float32 else p.grad.float() / s for p in params]
-            coef = _dot(grads, g_s) / (_norm(grads).square() + _EPS)
+            coef = global_dot(grads, g_s) / (global_norm(grads).square() + _EPS)
             torch._foreach_mul_(grads, -coef)
             torch._foreach_add_(grads, g_s)
         self.average_across_workers([p.grad for p in params] + grads)
         stepped = self.optimizer_step()
         if stepped is not False:  # an fp16-skipped step leaves the old g_v
-            self.g_v, self._g_v_norm = grads, _norm(grads)
+            self.g_v, self._g_v_norm = grads, global_norm(grads)
         return loss, logits, stepped
 
     def _reuse_step(self, inputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, bool | None]:
@@ -93,7 +88,7 @@ class LookSAM(SAM):
         g = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         with torch.no_grad():
             # Scale-free: under fp16 g is scaled by s, and so is alpha ||g||/||g_v|| g_v.
-            ratio = _norm(g) / (self._g_v_norm + _EPS)
+            ratio = global_norm(g) / (self._g_v_norm + _EPS)
             torch._foreach_add_(g, torch._foreach_mul(self.g_v, self.alpha * ratio))
         for p, d in zip(params, g, strict=True):
             p.grad = d
@@ -110,7 +105,7 @@ class LookSAM(SAM):
         self.steps = int(state["steps"])
         g_v = state["g_v"]
         self.g_v = None if g_v is None else [t.to(p.device) for t, p in zip(g_v, self.trainable_params(), strict=True)]
-        self._g_v_norm = None if self.g_v is None else _norm(self.g_v)
+        self._g_v_norm = None if self.g_v is None else global_norm(self.g_v)
 
     def extra_metrics(self) -> dict[str, float]:
         return {"looksam_gv_bytes": float(sum(t.numel() * t.element_size() for t in self.g_v or []))}

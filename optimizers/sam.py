@@ -27,6 +27,16 @@ ADAPTIVE = HParam("adaptive", bool, False, "ASAM: scale the ascent by |w| (then 
                   source="SAM's default (non-adaptive)")
 
 
+def global_norm(tensors: list[Tensor]) -> Tensor:
+    """||t|| over all tensors together, as a 0-dim tensor (no host sync)."""
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)))
+
+
+def global_dot(a: list[Tensor], b: list[Tensor]) -> Tensor:
+    """<a, b> over all tensors together, as a 0-dim tensor (no host sync)."""
+    return torch.stack([torch.dot(x.reshape(-1), y.reshape(-1)) for x, y in zip(a, b, strict=True)]).sum()
+
+
 class SAM(Method):
     name = "sam"
     spec = MethodSpec(
