@@ -235,6 +235,12 @@ def active_epoch(method: Method) -> int:
     return method.spec.active_from({h.name: getattr(method, h.name, h.default) for h in method.spec.hparams})
 
 
+def block_steps(method: Method, steps: int) -> int:
+    """`steps` rounded up to whole cycles of the method's work (LookSAM: k), so every block costs the same."""
+    cycle = method.spec.cycle({h.name: getattr(method, h.name, h.default) for h in method.spec.hparams})
+    return math.ceil(steps / cycle) * cycle
+
+
 def _unique_bytes(tensors: Iterator[Tensor], device: torch.device) -> int:
     seen: dict[int, int] = {}
     for t in tensors:
@@ -259,6 +265,7 @@ def method_state_bytes(method: Method, device: torch.device) -> int:
         ema = getattr(method, "ema", None)
         if isinstance(ema, nn.Module):
             yield from ema.state_dict().values()
+        yield from getattr(method, "g_v", None) or []  # LookSAM's reused direction
 
     return _unique_bytes(tensors(), device)
 
@@ -434,7 +441,7 @@ class StepBenchmark:
         for method in self.methods.values():
             method.set_epoch(epoch)
             method.model.train()
-        self.blocks = {name: StepBlock(m, self.pool, config.steps) for name, m in self.methods.items()}
+        self.blocks = {name: StepBlock(m, self.pool, block_steps(m, config.steps)) for name, m in self.methods.items()}
         self.clock = Clock(self.device)
         self.timer = InterleavedTimer(dict(self.blocks), self.clock, seed=config.seed)
         self.step_extra: dict[str, int | None] = {name: None for name in self.methods}
@@ -486,10 +493,12 @@ class StepBenchmark:
 
     def rows(self) -> list[OverheadRow]:
         cfg, shape = self.config, self.config.data_shape
-        ratios = self.timer.ratios(REFERENCE)
+        per_step = {name: [t / self.blocks[name].steps for t in self.timer.samples[name]] for name in self.methods}
+        ratios = {name: [t / r for t, r in zip(times, per_step[REFERENCE], strict=True)]
+                  for name, times in per_step.items()}  # per round, per step: blocks may differ in length
         out = []
         for name, method in self.methods.items():
-            step_s = [t / cfg.steps for t in self.timer.samples[name]]
+            step_s = per_step[name]
             ips = Spread.of([cfg.batch_size / t for t in step_s])
             ratio = Spread.of(ratios[name])
             state = method_state_bytes(method, self.device)
@@ -497,7 +506,7 @@ class StepBenchmark:
             out.append(OverheadRow(
                 model=cfg.model, shape=cfg.shape, image_shape="x".join(map(str, shape.image)),
                 num_classes=shape.num_classes, method=name, batch_size=cfg.batch_size,
-                precision=cfg.precision, base_optimizer=cfg.base_optimizer, steps_per_block=cfg.steps,
+                precision=cfg.precision, base_optimizer=cfg.base_optimizer, steps_per_block=self.blocks[name].steps,
                 rounds=len(step_s), warmup_steps=cfg.warmup, num_samples=self.num_samples,
                 timer=self.clock.name, channels_last=cfg.channels_last, compiled=cfg.compile,
                 images_per_s_median=ips.median, images_per_s_q1=ips.q1, images_per_s_q3=ips.q3,

@@ -1,4 +1,4 @@
-"""SGD, SAM, ESAM, SAF and MESA behind one step interface.
+"""SGD, SAM, ESAM, SAF, MESA, GSAM and LookSAM behind one step interface.
 
     method = optimizers.create("saf", model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
                                num_samples=50_000, num_classes=10)
@@ -10,6 +10,8 @@
 
 from .base import BN_UPDATES, PRECISIONS, Method, StepOutput, unwrap
 from .esam import ESAM
+from .gsam import GSAM
+from .looksam import LookSAM
 from .mesa import MESA
 from .registry import (all_hparams, create, method_class, method_hparams, method_spec, methods, register_method,
                        unregister_method)
@@ -18,11 +20,11 @@ from .sam import SAM
 from .sgd import SGD
 from .spec import HParam, MethodSpec, method_seed
 
-for _cls in (SGD, SAM, ESAM, SAF, MESA):
+for _cls in (SGD, SAM, ESAM, SAF, MESA, GSAM, LookSAM):
     register_method(_cls)
 
 METHODS: tuple[str, ...] = methods()  # the built-in methods; `methods()` also lists ones registered later
 
-__all__ = ["BN_UPDATES", "ESAM", "MESA", "METHODS", "PRECISIONS", "SAF", "SAM", "SGD", "HParam", "Method",
-           "MethodSpec", "StepOutput", "all_hparams", "create", "method_class", "method_hparams", "method_seed",
-           "method_spec", "methods", "register_method", "unregister_method", "unwrap"]
+__all__ = ["BN_UPDATES", "ESAM", "GSAM", "MESA", "METHODS", "PRECISIONS", "SAF", "SAM", "SGD", "HParam", "LookSAM",
+           "Method", "MethodSpec", "StepOutput", "all_hparams", "create", "method_class", "method_hparams",
+           "method_seed", "method_spec", "methods", "register_method", "unregister_method", "unwrap"]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -181,3 +182,16 @@ class Method:
         """DDP: the ascent pass stays local, so each worker perturbs with its own gradient (m-sharpness)."""
         sync_off = getattr(self.model, "no_sync", None)
         return sync_off() if callable(sync_off) else contextlib.nullcontext()
+
+    def average_across_workers(self, tensors: list[Tensor]) -> None:
+        """DDP: replace each tensor by its mean over the workers, in one all-reduce (for steps whose passes
+        all ran under `no_sync`); a no-op without DDP."""
+        if not tensors or not hasattr(self.model, "no_sync") or not (dist.is_available() and dist.is_initialized()):
+            return
+        group = getattr(self.model, "process_group", None)
+        flat = torch.cat([t.reshape(-1).float() for t in tensors])
+        dist.all_reduce(flat, group=group)
+        flat /= dist.get_world_size(group)
+        with torch.no_grad():
+            for t, part in zip(tensors, flat.split([t.numel() for t in tensors]), strict=True):
+                t.copy_(part.view_as(t))

@@ -27,6 +27,16 @@ ADAPTIVE = HParam("adaptive", bool, False, "ASAM: scale the ascent by |w| (then 
                   source="SAM's default (non-adaptive)")
 
 
+def global_norm(tensors: list[Tensor]) -> Tensor:
+    """||t|| over all tensors together, as a 0-dim tensor (no host sync)."""
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)))
+
+
+def global_dot(a: list[Tensor], b: list[Tensor]) -> Tensor:
+    """<a, b> over all tensors together, as a 0-dim tensor (no host sync)."""
+    return torch.stack([torch.dot(x.reshape(-1), y.reshape(-1)) for x, y in zip(a, b, strict=True)]).sum()
+
+
 class SAM(Method):
     name = "sam"
     spec = MethodSpec(
@@ -100,14 +110,39 @@ class SAM(Method):
             return None
         return [g.float() / scale for g in grads]
 
-    def perturbation(self, params: list[nn.Parameter], grads: list[Tensor], beta: float) -> list[Tensor]:
-        """e = rho * g / (beta * ||g||); ASAM: e = rho * |w|^2 g / (beta * || |w| g ||)."""
+    def perturbation(self, params: list[nn.Parameter], grads: list[Tensor], beta: float,
+                     rho: float | None = None) -> list[Tensor]:
+        """e = rho * g / (beta * ||g||); ASAM: e = rho * |w|^2 g / (beta * || |w| g ||); `rho` defaults to self.rho."""
         if not grads:
             return []
         if self.adaptive:
             grads = [p.detach().abs() * g for p, g in zip(params, grads, strict=True)]
         norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-        scale = self.rho / (beta * (norm + _EPS))  # a 0-dim tensor: no host sync
+        scale = (self.rho if rho is None else rho) / (beta * (norm + _EPS))  # a 0-dim tensor: no host sync
         if self.adaptive:
             grads = [p.detach().abs() * g for p, g in zip(params, grads, strict=True)]
         return [(g * scale).to(p.dtype) for p, g in zip(params, grads, strict=True)]
+
+    def local_sam_passes(self, inputs: Tensor, targets: Tensor,
+                         rho: float) -> tuple[Tensor, Tensor, list[Tensor] | None]:
+        """Both SAM passes at radius `rho`, under DDP `no_sync` (GSAM and LookSAM combine the two gradients
+        per worker, then average once with `average_across_workers`).
+
+        Returns (clean loss, clean logits, g = grad L(w) unscaled) and leaves grad L(w + e) in p.grad (scaled
+        under fp16); g is None when fp16 overflowed in the ascent pass: the scaler has then skipped the step.
+        """
+        params = self.trainable_params()
+        with self.no_sync():
+            logits = self.forward(inputs)
+            loss = self.criterion(logits, targets)
+            grads = self.ascent_gradient(loss, params)
+            if grads is None:
+                return loss.detach(), logits.detach(), None
+            originals = [p.detach().clone() for p in params]
+            with torch.no_grad():
+                torch._foreach_add_(params, self.perturbation(params, grads, 1.0, rho))
+            with self.perturbed_pass():
+                self.backward(self.criterion(self.forward(inputs), targets))
+            with torch.no_grad():
+                torch._foreach_copy_(params, originals)
+        return loss.detach(), logits.detach(), grads

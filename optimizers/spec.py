@@ -91,6 +91,8 @@ class MethodSpec:
     passes: float = 1.0  # forward-backward passes per step, on average, once active
     # The first epoch (0-based) at which the method does all of its extra work, from its hyperparameters.
     active_from: Callable[[Mapping[str, Any]], int] = field(default=lambda hp: 0, compare=False)
+    # Steps after which the per-step work repeats (LookSAM: k); benchmarks time whole cycles.
+    cycle: Callable[[Mapping[str, Any]], int] = field(default=lambda hp: 1, compare=False)
 
     def __post_init__(self) -> None:
         names = [h.name for h in self.hparams]

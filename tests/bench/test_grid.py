@@ -107,11 +107,22 @@ def test_shipped_grids_have_the_documented_shape() -> None:
     saf = next(c.config.resolved() for c in fm if c.config.method == "saf")
     assert (saf.lam, saf.tau, saf.e_tilde, saf.e_start) == (0.3, 5.0, 3, 5)
     cifar = load_grid(REPO / "grids" / "paper-cifar.yaml").cells()
-    assert len(cifar) == 3 * 2 * 5 * 3 and {c.config.epochs for c in cifar} == {200}
+    assert len(cifar) == 3 * 2 * 7 * 3 and {c.config.epochs for c in cifar} == {200}
+    gsam100 = {c.config.resolved().rho_min for c in cifar
+               if c.config.method == "gsam" and c.config.dataset == "cifar100"}
+    assert gsam100 == {0.05}
     imagenet = load_grid(REPO / "grids" / "paper-imagenet.yaml").cells()
     assert {c.config.model for c in imagenet} == {"timm:resnet50", "timm:resnet101", "timm:vit_small_patch32_224"}
     vit = [c.config for c in imagenet if "vit" in c.config.model]
     assert {(c.optimizer, c.epochs) for c in vit} == {("adamw", 300)}
+    # The paper's ResNet recipe (global batch 4096 = 512 x 8 GPUs, lr 1.4) and each paper's GSAM values.
+    resnets = [c.config.resolved() for c in imagenet if "resnet" in c.config.model]
+    assert {(c.batch_size, c.lr, c.label_smoothing) for c in resnets} == {(512, 1.4, 0.1)}
+    gsam = {c.model: (c.rho, c.rho_min, c.alpha) for c in (x.config.resolved() for x in imagenet)
+            if c.method == "gsam"}
+    assert gsam == {"timm:resnet50": (0.04, 0.02, 0.01), "timm:resnet101": (0.04, 0.02, 0.01),
+                    "timm:vit_small_patch32_224": (0.6, 0.0, 0.4)}
+    assert {c.config.method for c in imagenet if c.config.method == "looksam"} == {"looksam"}
 
 
 # ---- bad grid files -----------------------------------------------------------------------------------

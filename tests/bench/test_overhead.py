@@ -97,6 +97,9 @@ def test_measure_steps_rows_for_every_method() -> None:
     assert by["mesa"].mesa_ema_bytes == model_bytes
     # SAF's state = the model, its grads, momentum, and the store.
     assert by["saf"].state_bytes == 3 * model_bytes + n * 3 * (c * 2 + 2)
+    # LookSAM is timed over whole k-step cycles and keeps g_v beside the model, its grads and momentum.
+    assert by["looksam"].steps_per_block == 5 and by["gsam"].steps_per_block == by["sgd"].steps_per_block
+    assert by["looksam"].state_bytes == 4 * model_bytes
 
 
 def test_every_method_is_timed_active() -> None:

@@ -77,7 +77,7 @@ def test_fashionmnist_subset_run(tmp_path: Path, fake_fashionmnist_root: Path) -
     assert summary["extras"]["saf_store_bytes"] == 32 * 3 * (10 * 2 + 2)  # N x e_tilde x (C fp16 + int16 epoch)
 
 
-@pytest.mark.parametrize("method", ["sgd", "esam", "saf", "mesa"])
+@pytest.mark.parametrize("method", ["sgd", "esam", "saf", "mesa", "gsam", "looksam"])  # looksam resumes mid-cycle
 def test_interrupted_and_resumed_run_is_bitwise_identical(tmp_path: Path, method: str, monkeypatch) -> None:
     hp = trajectory_active(method)
     whole = tiny(tmp_path / "whole", method=method, epochs=3, model="cnn_small", **hp)

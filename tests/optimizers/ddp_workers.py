@@ -21,6 +21,10 @@ SAM_CASES = {
     "esam-1-1": {"rho": 0.3, "beta": 1.0, "gamma": 1.0},
     "esam-sds-swp": {"rho": 0.3, "beta": 0.5, "gamma": 0.5, "seed": 2},
 }
+GSAM_CASES = {  # both passes per worker, the combined direction averaged once
+    "gsam": {"rho": 0.3, "rho_min": 0.3, "alpha": 0.5},
+    "looksam": {"rho": 0.3, "k": 2, "alpha": 0.7},  # steps: SAM, reuse, SAM
+}
 ONE_PASS_CASES = {
     "sgd": {},
     "mesa": {"e_start": 0, "ema_decay": 0.5, "lam": 0.8, "tau": 2.0},
@@ -128,7 +132,7 @@ def sam_part(rank: int) -> dict:
 
     x, y = sam_data()
     results = {}
-    for case, hp in {**SAM_CASES, **ONE_PASS_CASES}.items():
+    for case, hp in {**SAM_CASES, **ONE_PASS_CASES, **GSAM_CASES}.items():
         name = case.split("-")[0]
         model = DDP(mlp(seed=0))
         method = optimizers.create(name, model, base_optimizer("sgd", model), **hp)

@@ -8,6 +8,7 @@ import torch
 
 from . import reference as ref
 from .ddp_workers import (
+    GSAM_CASES,
     ONE_PASS_CASES,
     SAF_E_TILDE,
     SAF_EPOCHS,
@@ -157,3 +158,51 @@ def test_sgd_and_mesa_under_ddp_average_gradients_and_keep_the_ema_of_the_module
             if case == "mesa":
                 for got, want in zip(ranks[rank][case]["ema"], ema, strict=True):
                     torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+
+
+def _hand_ddp_gsam_looksam(name: str, hp: dict) -> list[torch.Tensor]:
+    """GSAM: each rank combines its own g and g_p (both local), d averaged. LookSAM: on SAM steps each rank's
+    g_s and g_v = g_s - proj_g g_s are averaged; reuse steps take the averaged g plus alpha ||g||/||g_v|| g_v."""
+    x, y = sam_data()
+    model = mlp(seed=0)
+    opt = base_optimizer("sgd", model)
+    params = ref.opt_params(opt)
+    g_v = None
+
+    def dot(a, b):
+        return sum((u * v).sum() for u, v in zip(a, b, strict=True))
+
+    for step in range(SAM_STEPS):
+        if name == "looksam" and step % hp["k"]:
+            per_rank = [torch.autograd.grad(ref.ref_ce(model(x[step, r]), y[step, r]).mean(), params)
+                        for r in range(WORLD)]
+            g = [sum(gs) / WORLD for gs in zip(*per_rank, strict=True)]
+            w = hp["alpha"] * dot(g, g).sqrt() / dot(g_v, g_v).sqrt()
+            ref.apply_grads(opt, [a + w * v for a, v in zip(g, g_v, strict=True)])
+            continue
+        updates, g_vs = [], []
+        for rank in range(WORLD):
+            xs, ys = x[step, rank], y[step, rank]
+            g = torch.autograd.grad(ref.ref_ce(model(xs), ys).mean(), params)
+            g_p, *_ = ref.sam_grads(model, params, xs, ys, rho=hp["rho"])
+            if name == "gsam":
+                c = dot(g, g_p) / dot(g_p, g_p)
+                updates.append([b - hp["alpha"] * (a - c * b) for a, b in zip(g, g_p, strict=True)])
+            else:
+                c = dot(g, g_p) / dot(g, g)
+                updates.append(g_p)
+                g_vs.append([b - c * a for a, b in zip(g, g_p, strict=True)])
+        ref.apply_grads(opt, [sum(us) / WORLD for us in zip(*updates, strict=True)])
+        if g_vs:
+            g_v = [sum(vs) / WORLD for vs in zip(*g_vs, strict=True)]
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def test_gsam_and_looksam_under_ddp_combine_per_worker_and_keep_the_replicas_identical(worker_results) -> None:
+    ranks = [r["two_pass"] for r in worker_results]
+    for case, hp in GSAM_CASES.items():
+        expected = _hand_ddp_gsam_looksam(case, hp)
+        for a, b in zip(ranks[0][case]["params"], ranks[1][case]["params"], strict=True):
+            assert torch.equal(a, b), case
+        for got, want in zip(ranks[0][case]["params"], expected, strict=True):
+            torch.testing.assert_close(got, want, atol=1e-6, rtol=0, msg=lambda m, c=case: f"{c}: {m}")

@@ -61,6 +61,13 @@ CASES = [  # name, hparams, passes (1-based forward calls of the model within th
     ("mesa", {"e_start": 0, "ema_decay": 0.8}, {1}, "forward"),
     ("mesa", {"e_start": 0, "ema_decay": 0.8}, {1}, "backward"),
     ("saf", {**SAF, "e_tilde": 1, "e_start": 1}, {1}, "backward"),
+    ("gsam", {"rho": 0.1}, {1}, "backward"),
+    ("gsam", {"rho": 0.1}, {2}, "forward"),
+    ("gsam", {"rho": 0.1}, {2}, "backward"),
+    ("looksam", {"rho": 0.1, "k": 2}, {1}, "backward"),  # the third step is a SAM step
+    ("looksam", {"rho": 0.1, "k": 2}, {2}, "backward"),
+    ("looksam", {"rho": 0.1, "k": 3}, {1}, "forward"),  # the third step reuses g_v
+    ("looksam", {"rho": 0.1, "k": 3}, {1}, "backward"),
 ]
 
 

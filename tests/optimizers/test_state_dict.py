@@ -32,6 +32,9 @@ CASES = {
     "mesa": ("mesa", {"e_start": 2, "lam": 0.8, "tau": 2.0, "ema_decay": 0.8}),
     "sam-fp16": ("sam", {"rho": 0.2, "precision": "fp16"}),
     "mesa-fp16": ("mesa", {"e_start": 1, "ema_decay": 0.8, "precision": "fp16"}),
+    "gsam": ("gsam", {"rho": 0.3, "rho_min": 0.1, "alpha": 0.5, "lr_max": 0.2, "lr_min": 0.0}),
+    "looksam": ("looksam", {"rho": 0.3, "k": 3, "alpha": 0.7}),  # splits at 4 and 7: resumes on reuse steps
+    "looksam-fp16": ("looksam", {"rho": 0.3, "k": 2, "precision": "fp16"}),
 }
 EPOCHS = 4
 
@@ -95,6 +98,9 @@ def test_resume_is_bitwise_identical_to_an_uninterrupted_run(
         assert_same_state(method_b.ema, method.ema, exact=True)
     if name == "saf":
         assert torch.equal(method_b.store.table, method.store.table)
+    if name == "looksam":
+        assert method_b.steps == method.steps
+        assert all(torch.equal(a, b) for a, b in zip(method_b.g_v, method.g_v, strict=True))
     if method.scaler is not None:
         assert method_b.scaler.get_scale() == method.scaler.get_scale()
 

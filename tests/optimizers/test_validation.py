@@ -20,7 +20,7 @@ def _create(name: str, **hp):
 
 
 def test_methods_tuple_and_registry_agree() -> None:
-    assert optimizers.METHODS == ("sgd", "sam", "esam", "saf", "mesa")
+    assert optimizers.METHODS == ("sgd", "sam", "esam", "saf", "mesa", "gsam", "looksam")
     for name in optimizers.METHODS:
         method = _create(name, **(SAF if name == "saf" else {}))
         assert isinstance(method, optimizers.Method)
@@ -62,6 +62,14 @@ INVALID = [
     ("sam", {"bn_update": "never"}, ["bn_update='never'", "clean", "both"]),
     ("sgd", {"label_smoothing": 1.0}, ["label_smoothing=1.0"]),
     ("sgd", {"label_smoothing": -0.1}, ["label_smoothing=-0.1"]),
+    ("gsam", {"rho_min": -0.01}, ["rho_min=-0.01", "[0.0, inf)"]),
+    ("gsam", {"alpha": -0.1}, ["alpha=-0.1", "[0.0, inf)"]),
+    ("gsam", {"lr_max": 0.1, "lr_min": 0.2}, ["lr_min=0.2", "[0.0, 0.1]"]),
+    ("gsam", {"k": 2}, ["'k'", "rho_min"]),
+    ("looksam", {"k": 0}, ["k=0", ">= 1"]),
+    ("looksam", {"k": 2.5}, ["k=2.5"]),
+    ("looksam", {"alpha": -1.0}, ["alpha=-1.0"]),
+    ("looksam", {"rho_min": 0.0}, ["'rho_min'"]),
 ]
 
 
@@ -88,6 +96,9 @@ VALID_EDGES = [
     ("sgd", {"label_smoothing": 0.0}),
     ("sgd", {"label_smoothing": 0.99}),
     ("saf", {**SAF, "store_dtype": "bfloat16"}),
+    ("gsam", {"rho": 0.0, "rho_min": 0.0, "alpha": 0.0}),
+    ("gsam", {"lr_max": 0.1, "lr_min": 0.1}),
+    ("looksam", {"k": 1, "alpha": 0.0, "rho": 0.0}),
 ]
 
 
