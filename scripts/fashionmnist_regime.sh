@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 15's evidence, end to end: the regime grid (grids/fashionmnist-regime.yaml) as two grid processes
-# of one thread each, then the report. About 40 CPU-minutes of training on 2 cores; resumable: re-running
+# of one thread each, then the report. About 100 CPU-minutes of training on 2 cores; resumable: re-running
 # skips finished cells.
 #
 #   bash scripts/fashionmnist_regime.sh          # -> results/fashionmnist-regime/, results/REPORT.md
