@@ -57,7 +57,7 @@ class RunConfig:
     dataset: str = _key("cifar10", "dataset name")
     model: str = _key("resnet18", "model name, or timm:<name>")
     epochs: int = _key(200, "epochs to train")
-    batch_size: int = _key(128, "global batch size (split over DDP ranks)")
+    batch_size: int = _key(128, "batch size per process (under DDP per rank: the global batch is this x world size)")
     lr: float = _key(0.1, "peak learning rate of the base optimizer")
     seed: int = _key(0, "seed of weights, data order and augmentation, and (derived) of a method's own draws")
     # Base optimizer and schedule. Defaults follow the SAF paper's CIFAR setup (SGD, momentum 0.9,
