@@ -285,60 +285,141 @@ def plot_lambda(cells: pd.DataFrame, curves: pd.DataFrame, title: str) -> Figure
     return fig
 
 
-def plot_landscapes(entries: Sequence[tuple[str, str, dict | None, dict | None]], title: str) -> Figure:
-    """One row per method: its 1D curve (left) and 2D contour map (right), 2D maps on shared levels.
+# ---- landscapes -----------------------------------------------------------------------------------
+LANDSCAPE_CAP_RATIO = 100.0  # 2D/3D colour scale: from the lowest loss of the figure to this many times it
+LANDSCAPE_LEVELS = 21
 
-    `entries`: (label, method, 1D result or None, 2D result or None).
+
+def landscape_levels(surfaces: Sequence[np.ndarray], cap: float | None = None,
+                     n: int = LANDSCAPE_LEVELS) -> np.ndarray:
+    """Contour levels shared by every map of a figure: log-spaced from the lowest loss to `cap`.
+
+    `cap` defaults to LANDSCAPE_CAP_RATIO times the lowest loss (never above the highest one), as in
+    Li et al.'s loss-landscape plots, which cut the scale off so the basins keep their levels; higher
+    losses take the last colour. Log spacing gives the basin (a few × the minimum) as many levels as
+    the walls (tens of × the minimum).
     """
-    has_1d = any(e[2] is not None for e in entries)
-    has_2d = any(e[3] is not None for e in entries)
-    ncols = int(has_1d) + int(has_2d)
-    fig = Figure(figsize=(4.6 * ncols, 3.4 * len(entries)), layout="constrained")
-    axes = fig.subplots(len(entries), ncols, squeeze=False)
-    surfaces = [np.asarray(e[3]["loss"], dtype=float) for e in entries if e[3] is not None]
-    finite = np.concatenate([s[np.isfinite(s)].ravel() for s in surfaces]) if surfaces else np.array([])
-    flat = not finite.size or finite.max() <= finite.min()
-    levels = 25 if flat else np.linspace(finite.min(), finite.max(), 25)
-    for row, (label, method, one, two) in enumerate(entries):
-        col = 0
-        if has_1d:
-            ax = axes[row, col]
-            col += 1
-            if one is not None:
-                ax.plot(one["alphas"], one["loss"], color=_colour(method))
-                ax.set(xlabel="α (filter-normalised direction)", ylabel="loss")
-                ax.grid(alpha=0.3)
-            ax.set_title(f"{label}: 1D")
-        if has_2d:
-            ax = axes[row, col]
-            if two is not None:
-                gx, gy = np.meshgrid(np.asarray(two["xs"]), np.asarray(two["ys"]))
-                filled = ax.contourf(gx, gy, np.asarray(two["loss"], dtype=float), levels=levels,
-                                     cmap="viridis", extend="both")
-                fig.colorbar(filled, ax=ax, label="loss")
-                ax.set(xlabel="x", ylabel="y", aspect="equal")
-            ax.set_title(f"{label}: 2D")
+    finite = np.concatenate([np.asarray(s, dtype=float)[np.isfinite(s)].ravel() for s in surfaces]) \
+        if surfaces else np.array([])
+    positive = finite[finite > 0]
+    if not positive.size:  # no positive loss to put on a log scale: plain linear levels
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        return np.linspace(lo, hi if hi > lo else lo + 1.0, n)
+    lo, hi = float(positive.min()), float(positive.max())
+    top = min(hi, lo * LANDSCAPE_CAP_RATIO) if cap is None else float(cap)
+    if top <= lo:
+        top = lo * 1.01 + 1e-12
+    return np.geomspace(lo, top, n)
+
+
+def _grid_edges(n: int) -> tuple[int, int]:
+    cols = min(n, 5)
+    return cols, math.ceil(n / cols)
+
+
+def plot_landscape_1d(curves: Sequence[tuple[str, str, dict]], lines: Sequence[tuple[str, dict]],
+                      title: str, log_y: bool = True) -> Figure:
+    """Every method's 1D curve on one axis (left) and the interpolation lines between final models (right).
+
+    `curves`: (label, method, 1D result); `lines`: (label, line result). All curves share the α axis
+    and the (log) loss axis, so widths and heights compare by eye.
+    """
+    fig = Figure(figsize=(5.4 * (2 if lines else 1), 4.0), layout="constrained")
+    # One loss axis for both panels: a barrier on the line reads against the walls of the random directions.
+    axes = fig.subplots(1, 2 if lines else 1, squeeze=False, sharey=True)
+    ax = axes[0, 0]
+    for label, method, r in curves:
+        ax.plot(r["alphas"], r["loss"], color=_colour(method), label=label, lw=1.6)
+    if curves:
+        lo = min(float(np.min(r["alphas"])) for _, _, r in curves)
+        hi = max(float(np.max(r["alphas"])) for _, _, r in curves)
+        ax.set_xlim(lo, hi)
+    ax.set(xlabel="α along a filter-normalised random direction", ylabel="training loss",
+           yscale="log" if log_y else "linear", title="around each final model")
+    ax.axvline(0.0, color="k", lw=0.6, ls=":")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    if lines:
+        ax = axes[0, 1]
+        twin = ax.twinx()
+        for i, (label, r) in enumerate(lines):
+            style = ("-", "--", "-.", ":")[i % 4]
+            ax.plot(r["alphas"], r["loss"], color="k", ls=style, marker="o", ms=2.5, label=f"loss: {label}")
+            acc = np.asarray(r.get("accuracy", []), dtype=float)
+            if acc.size and np.isfinite(acc).any():
+                twin.plot(r["alphas"], 100 * acc, color="#2ca02c", ls=style, lw=1.0, label=f"accuracy: {label}")
+        for a in (0.0, 1.0):
+            ax.axvline(a, color="k", lw=0.6, ls=":")
+        ax.set(xlabel="α: (1 − α)·θ_from + α·θ_to", title="between two final models (same loss axis)")
+        ax.tick_params(labelleft=True)
+        twin.set_ylabel("accuracy (%)", color="#2ca02c")
+        twin.tick_params(axis="y", colors="#2ca02c")
+        ax.grid(alpha=0.3, which="both")
+        handles = ax.get_legend_handles_labels()
+        more = twin.get_legend_handles_labels()
+        ax.legend(handles[0] + more[0], handles[1] + more[1], fontsize=7)
     fig.suptitle(title)
     return fig
 
 
-def plot_interpolation(lines: Sequence[tuple[str, dict]], title: str) -> Figure:
-    """Loss and accuracy on the straight line between two final models (α=0: the first, α=1: the second)."""
-    has_acc = any(np.isfinite(np.asarray(r.get("accuracy", [np.nan]), dtype=float)).any() for _, r in lines)
-    fig, axes = _panels(2 if has_acc else 1)
-    for label, r in lines:
-        axes[0, 0].plot(r["alphas"], r["loss"], marker="o", ms=3, label=label)
-        if has_acc:
-            acc = 100 * np.asarray(r["accuracy"], dtype=float)
-            axes[0, 1].plot(r["alphas"], acc, marker="o", ms=3, label=label)
-    axes[0, 0].set(xlabel="α", ylabel="loss")
-    if has_acc:
-        axes[0, 1].set(xlabel="α", ylabel="accuracy (%)")
-    for ax in axes[0]:
-        for a in (0.0, 1.0):
-            ax.axvline(a, color="k", lw=0.6, ls=":")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+def plot_landscape_2d(entries: Sequence[tuple[str, str, dict]], title: str,
+                      cap: float | None = None) -> Figure:
+    """Contour maps of each method's 2D landscape on one shared set of log-spaced levels (landscape_levels).
+
+    `entries`: (label, method, 2D result). One colour bar serves every panel; the star marks the
+    trained weights (the origin).
+    """
+    from matplotlib.colors import BoundaryNorm
+
+    cols, rows = _grid_edges(len(entries))
+    fig = Figure(figsize=(3.3 * cols + 1.0, 3.3 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    levels = landscape_levels([np.asarray(e[2]["loss"], dtype=float) for e in entries], cap)
+    norm = BoundaryNorm(levels, ncolors=256, extend="max")
+    filled = None
+    for ax, (label, method, r) in zip(axes.flat, entries, strict=False):
+        gx, gy = np.meshgrid(np.asarray(r["xs"]), np.asarray(r["ys"]))
+        loss = np.asarray(r["loss"], dtype=float)
+        filled = ax.contourf(gx, gy, loss, levels=levels, cmap="viridis", norm=norm, extend="max")
+        ax.contour(gx, gy, loss, levels=levels, colors="w", linewidths=0.35, alpha=0.6)
+        ax.plot([0], [0], marker="*", color="#d62728", ms=9, mec="w", mew=0.6)
+        ax.set_title(label, color=_colour(method), fontsize=10)
+        ax.set(xlabel="direction 1", aspect="equal")
+        ax.set_ylabel("direction 2")
+    for ax in axes.flat[len(entries):]:
+        ax.set_visible(False)
+    if filled is not None:
+        bar = fig.colorbar(filled, ax=axes, label="training loss (log-spaced levels, capped)", shrink=0.9)
+        ticks = np.geomspace(levels[0], levels[-1], 5)
+        bar.set_ticks(ticks, labels=[f"{t:.3g}" for t in ticks])
+    fig.suptitle(title)
+    return fig
+
+
+def plot_landscape_3d(entries: Sequence[tuple[str, str, dict]], title: str,
+                      cap: float | None = None) -> Figure:
+    """Surfaces of log10(loss) per method (as in the SAF paper's surface figures), clipped at the same cap
+    as the contour maps and drawn on one z range."""
+    from matplotlib.colors import Normalize
+
+    cols, rows = _grid_edges(len(entries))
+    fig = Figure(figsize=(3.6 * cols, 3.4 * rows), layout="constrained")
+    levels = landscape_levels([np.asarray(e[2]["loss"], dtype=float) for e in entries], cap)
+    lo, hi = float(np.log10(levels[0])), float(np.log10(levels[-1]))
+    norm = Normalize(lo, hi)
+    for i, (label, method, r) in enumerate(entries):
+        ax = fig.add_subplot(rows, cols, i + 1, projection="3d")
+        gx, gy = np.meshgrid(np.asarray(r["xs"]), np.asarray(r["ys"]))
+        loss = np.clip(np.asarray(r["loss"], dtype=float), levels[0], levels[-1])
+        z = np.log10(loss)
+        ax.plot_surface(gx, gy, z, cmap="viridis", norm=norm, linewidth=0, antialiased=True, rstride=1, cstride=1)
+        ax.set_zlim(lo, hi)
+        ticks = np.linspace(lo, hi, 4)
+        ax.set_zticks(ticks, labels=[f"{10 ** t:.2g}" for t in ticks])
+        ax.set_title(label, color=_colour(method), fontsize=10)
+        ax.set(xlabel="dir. 1", ylabel="dir. 2")
+        ax.set_zlabel("loss (log)")
+        ax.view_init(elev=30, azim=-60)
     fig.suptitle(title)
     return fig
 
@@ -393,8 +474,6 @@ def _final_points(rows: pd.DataFrame) -> pd.DataFrame:
 
 def make_figures(rows: pd.DataFrame, cells: pd.DataFrame, folder: Path) -> list[FigureFile]:
     """Every figure the stored data allow, per dataset (and per model for landscapes)."""
-    from .landscape import load_landscape
-
     made: list[FigureFile] = []
 
     def save(fig: Figure, name: str, title: str, caption: str) -> None:
@@ -436,27 +515,60 @@ def make_figures(rows: pd.DataFrame, cells: pd.DataFrame, folder: Path) -> list[
                  "Largest Hessian eigenvalue of the training loss on fixed samples; mean ± std over seeds.")
         land = land_all[land_all["dataset"] == d] if len(land_all) else land_all
         for model in dict.fromkeys(land.get("model_key", [])):
-            lm = land[land["model_key"] == model]
-            entries = []
-            surfaces = lm[lm["kind"].isin(["1d", "2d"])]
-            for method, setting in _series(surfaces):
-                s = surfaces[(surfaces["method_label"] == method) & (surfaces["setting"] == setting)]
-                seed = s["seed"].min()  # one run per method: the lowest seed with a landscape
-                s = s[s["seed"] == seed]
-                got = {k: load_landscape(p)[0] for k, p in zip(s["kind"], s["path"], strict=True)}
-                entries.append((f"{series_label(method, setting)} (seed {seed})", method, got.get("1d"),
-                                got.get("2d")))
-            if entries:
-                save(plot_landscapes(entries, f"{name} / {model}: loss landscapes"),
-                     f"landscape_{slug(d)}_{slug(model)}", f"{name} / {model}: 1D and 2D loss landscapes",
-                     "Filter-normalised random directions around each method's final weights; 2D maps share "
-                     "one colour scale.")
-            lines = lm[lm["kind"] == "line"]
-            if len(lines):
-                drawn = [(f"{series_label(m, st)} (seed {sd}) → {to or '?'}", load_landscape(p)[0])
-                         for m, st, sd, to, p in zip(lines["method_label"], lines["setting"], lines["seed"],
-                                                     lines["to_method"], lines["path"], strict=True)]
-                save(plot_interpolation(drawn, f"{name} / {model}: interpolation between final models"),
-                     f"interpolation_{slug(d)}_{slug(model)}", f"{name} / {model}: interpolation line",
-                     "Loss and accuracy at (1 − α)·θ_a + α·θ_b between two final models (e.g. SGD → SAF).")
+            made.extend(_landscape_figures(land[land["model_key"] == model], name, d, model, folder))
+    return made
+
+
+def _landscape_seed(frame: pd.DataFrame) -> Any:
+    """The seed whose runs have landscapes for the most methods (the lowest on a tie): one seed per figure,
+    so every method is seen from the same initialisation and data order."""
+    counts = frame.groupby("seed")["method_label"].nunique()
+    return min(counts.index, key=lambda s: (-counts[s], s))
+
+
+def _landscape_figures(lm: pd.DataFrame, name: str, d: str, model: str, folder: Path) -> list[FigureFile]:
+    """The 1D figure (all methods on one axis + interpolation lines) and the 2D contour / 3D surface
+    figures of one model, from one seed's runs."""
+    from .landscape import load_landscape
+
+    made: list[FigureFile] = []
+    surfaces = lm[lm["kind"].isin(["1d", "2d"])]
+    lines = lm[lm["kind"] == "line"]
+    seed = _landscape_seed(surfaces if len(surfaces) else lines)
+    surfaces = surfaces[surfaces["seed"] == seed]
+    if (lines["seed"] == seed).any():
+        lines = lines[lines["seed"] == seed]
+    one, two = [], []
+    for method, setting in _series(surfaces):
+        s = surfaces[(surfaces["method_label"] == method) & (surfaces["setting"] == setting)]
+        for kind, path in zip(s["kind"], s["path"], strict=True):
+            (one if kind == "1d" else two).append((series_label(method, setting), method, load_landscape(path)[0]))
+    drawn = [(f"{series_label(m, st)} → {to or '?'}" + ("" if sd == seed else f" (seed {sd})"),
+              load_landscape(p)[0])
+             for m, st, sd, to, p in zip(lines["method_label"], lines["setting"], lines["seed"],
+                                         lines["to_method"], lines["path"], strict=True)]
+    stem = f"{slug(d)}_{slug(model)}"
+
+    def save(fig: Figure, prefix: str, title: str, caption: str) -> None:
+        png, pdf = save_figure(fig, folder / f"{prefix}_{stem}")
+        made.append(FigureFile(title, caption, png, pdf))
+
+    if one or drawn:
+        save(plot_landscape_1d(one, drawn, f"{name} / {model}: 1D loss landscapes (seed {seed})"),
+             "landscape_1d", f"{name} / {model}: 1D landscapes of every method, and the interpolation line",
+             f"Left: training loss (log scale) on fixed samples along one filter-normalised random direction "
+             f"around each method's final weights of seed {seed}, all methods on the same α range. Right: "
+             "loss (black) and accuracy (green) on the straight line between two final models; α = 0 and 1 "
+             "are the two models.")
+    if two:
+        levels = landscape_levels([np.asarray(r["loss"], dtype=float) for _, _, r in two])
+        scale = f"{levels[0]:.3g} to {levels[-1]:.3g}"
+        save(plot_landscape_2d(two, f"{name} / {model}: 2D loss landscapes (seed {seed})"),
+             "landscape_2d", f"{name} / {model}: 2D loss contours on one colour scale",
+             f"Training loss on a plane of two filter-normalised random directions around each method's final "
+             f"weights (star), seed {seed}. Every map uses the same {len(levels)} log-spaced levels from the "
+             f"lowest loss to {LANDSCAPE_CAP_RATIO:g}× it ({scale}); higher losses take the last colour.")
+        save(plot_landscape_3d(two, f"{name} / {model}: 2D loss surfaces (seed {seed})"),
+             "landscape_3d", f"{name} / {model}: 2D loss surfaces",
+             f"The same planes as surfaces of the loss on a log axis, clipped to the same range ({scale}).")
     return made

@@ -138,8 +138,8 @@ TABLES = ("paper_table_3", "paper_table_1", "dataset_synthetic", "dataset_cifar1
 FIGURES = ("throughput_synthetic", "cost_synthetic", "accuracy_epochs_synthetic", "throughput_cifar10",
            "cost_cifar10", "accuracy_epochs_cifar10", "throughput_fashionmnist",
            "accuracy_epochs_fashionmnist")
-FLATNESS_FIGURES = ("lambda_max_synthetic", "landscape_synthetic_mlp_tiny",
-                    "interpolation_synthetic_mlp_tiny")
+FLATNESS_FIGURES = ("lambda_max_synthetic", "landscape_1d_synthetic_mlp_tiny", "landscape_2d_synthetic_mlp_tiny",
+                    "landscape_3d_synthetic_mlp_tiny")
 
 
 def test_report_writes_every_table_and_figure(built: Built) -> None:
