@@ -56,6 +56,7 @@ __all__ = [
     "top_eigenvalues",
     "trace",
     "density",
+    "smooth_density",
     "hessian_summary",
 ]
 
@@ -101,14 +102,23 @@ class SpectralDensity:
         The default width is 1% of the node spread, so the curve does not depend on the loss scale.
         """
         nodes = np.asarray(self.eigenvalues, dtype=np.float64)
-        weights = np.asarray(self.weights, dtype=np.float64)
         lo, hi = float(nodes.min()), float(nodes.max())
         if sigma is None:
             sigma = 0.01 * (hi - lo) if hi > lo else 1e-3 * max(abs(hi), 1.0)
         grid = np.linspace(lo - 5 * sigma, hi + 5 * sigma, num_points)
-        z = (grid[:, None] - nodes[None, :]) / sigma
-        curve = (np.exp(-0.5 * z**2) * weights[None, :]).sum(axis=1) / (sigma * math.sqrt(2 * math.pi))
-        return grid, curve
+        return grid, smooth_density(nodes, self.weights, sigma, grid)
+
+
+def smooth_density(nodes: Sequence[float] | np.ndarray, weights: Sequence[float] | np.ndarray, sigma: float,
+                   grid: np.ndarray) -> np.ndarray:
+    """Quadrature nodes/weights smoothed with Gaussians of width ``sigma``, evaluated on ``grid``.
+
+    The report re-smooths stored densities of several runs with one ``sigma`` so their curves compare.
+    """
+    nodes = np.asarray(nodes, dtype=np.float64)
+    weights = np.asarray(weights, dtype=np.float64)
+    z = (np.asarray(grid, dtype=np.float64)[:, None] - nodes[None, :]) / sigma
+    return (np.exp(-0.5 * z**2) * weights[None, :]).sum(axis=1) / (sigma * math.sqrt(2 * math.pi))
 
 
 def select_parameters(model: nn.Module, params: ParamSpec = None) -> list[str]:

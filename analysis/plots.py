@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 
 from bench import io
 
-from .report import METHOD_ORDER, dataset_name, is_missing, slug
+from .report import METHOD_ORDER, dataset_name, is_missing, render_markdown, slug
 
 METRICS = "metrics.csv"
 HESSIAN = "hessian.json"
@@ -28,6 +28,7 @@ HESSIAN_EPOCHS = "hessian_epochs.csv"
 LANDSCAPE_1D = "landscape_1d.npz"
 LANDSCAPE_2D = "landscape_2d.npz"
 LANDSCAPE_LINE = "landscape_line_*.npz"
+HESSIAN_DENSITY = "hessian_density.npz"
 _KEYS = ("dataset", "model_key", "method_label", "setting", "seed")
 
 
@@ -37,6 +38,7 @@ class FigureFile:
     caption: str
     png: Path
     pdf: Path
+    extra: str = ""  # markdown shown after the figure's links (e.g. the numbers read off it)
 
 
 # ---- series names and colours ---------------------------------------------------------------------
@@ -142,6 +144,27 @@ def landscape_files(rows: pd.DataFrame) -> pd.DataFrame:
                 continue
             recs.append({**{k: r[k] for k in _KEYS}, "kind": kind, "path": str(file),
                          "to_method": meta.get("to_method", ""), "to_run_dir": meta.get("to_run_dir", "")})
+    return pd.DataFrame(recs)
+
+
+def density_files(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per stored Hessian density (hessian_density.npz): the run's keys, the path and its meta."""
+    from .landscape import load_landscape
+
+    recs = []
+    for r, path in _runs_with_files(rows):
+        file = path / HESSIAN_DENSITY
+        if not file.exists():
+            continue
+        try:
+            arrays, meta = load_landscape(file)
+        except (OSError, ValueError, KeyError):
+            continue
+        if not {"nodes", "weights"} <= set(arrays):
+            continue
+        recs.append({**{k: r[k] for k in _KEYS}, "path": str(file), "nodes": arrays["nodes"],
+                     "weights": arrays["weights"], "n_iter": meta.get("n_iter"), "n_v": meta.get("n_v"),
+                     "samples": meta.get("samples"), "command": meta.get("command", "")})
     return pd.DataFrame(recs)
 
 
@@ -453,6 +476,57 @@ def plot_overhead(panels: Sequence[Any], title: str, per_row: int = 4) -> Figure
     return fig
 
 
+def plot_hessian_density(frame: pd.DataFrame, title: str, points: int = 600) -> Figure:
+    """Eigenvalue density per method (one panel each, one line per seed), log density as in PyHessian's
+    papers. Every curve is re-smoothed with one Gaussian width (1% of the figure's eigenvalue range) on
+    one grid, and the panels share both axes, so the spectra compare across methods."""
+    from .hessian import smooth_density
+
+    series = _series(frame)
+    lo = min(float(np.min(n)) for n in frame["nodes"])
+    hi = max(float(np.max(n)) for n in frame["nodes"])
+    sigma = 0.01 * (hi - lo) if hi > lo else 1e-3 * max(abs(hi), 1.0)
+    grid = np.linspace(lo - 5 * sigma, hi + 5 * sigma, points)
+    fig = Figure(figsize=(3.2 * len(series) + 0.6, 3.3), layout="constrained")
+    axes = fig.subplots(1, len(series), squeeze=False, sharex=True, sharey=True)[0]
+    top = 0.0
+    for ax, (method, setting) in zip(axes, series, strict=True):
+        s = frame[(frame["method_label"] == method) & (frame["setting"] == setting)].sort_values("seed")
+        for k, (_, r) in enumerate(s.iterrows()):
+            curve = smooth_density(r["nodes"], r["weights"], sigma, grid)
+            top = max(top, float(curve.max()))
+            ax.plot(grid, np.maximum(curve, 1e-300), color=_colour(method), lw=1.2,
+                    alpha=1.0 if k == 0 else 0.55, ls=("-", "--", ":", "-.")[k % 4], label=f"seed {r['seed']}")
+        ax.axvline(0.0, color="k", lw=0.6, ls=":")
+        ax.set_title(series_label(method, setting), color=_colour(method), fontsize=10)
+        ax.set_xlabel("eigenvalue")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0].set(ylabel="density (log)", yscale="log")
+    if top > 0:
+        axes[0].set_ylim(top * 1e-7, top * 3)
+    fig.suptitle(title)
+    return fig
+
+
+def density_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per method: the largest and the most negative Ritz value of the density and the weight below zero,
+    mean ± std over the seeds with a density."""
+    from .flatness import density_summary
+    from .report import fmt_pm, fmt_sig
+
+    recs = []
+    for method, setting in _series(frame):
+        s = frame[(frame["method_label"] == method) & (frame["setting"] == setting)]
+        got = pd.DataFrame([density_summary(n, w) for n, w in zip(s["nodes"], s["weights"], strict=True)])
+        mean, std = got.mean(), got.std() if len(got) > 1 else got.mean() * math.nan
+        recs.append({"Method": series_label(method, setting), "Seeds": " ".join(str(x) for x in sorted(s["seed"])),
+                     "Largest eigenvalue": fmt_sig(mean["largest"], std["largest"]),
+                     "Most negative eigenvalue": fmt_sig(mean["smallest"], std["smallest"]),
+                     "Mass below 0 (%)": fmt_pm(100 * mean["negative_mass"], 100 * std["negative_mass"])})
+    return pd.DataFrame(recs)
+
+
 # ---- which figures the data allow ----------------------------------------------------------------
 def save_overhead_figure(panels: Sequence[Any], folder: Path) -> FigureFile:
     png, pdf = save_figure(plot_overhead(panels, "Step time per method (× SGD's)"), folder / "overhead_steps")
@@ -483,6 +557,7 @@ def make_figures(rows: pd.DataFrame, cells: pd.DataFrame, folder: Path) -> list[
     curves_all = epoch_curves(rows)
     hess_all = hessian_curves(rows)
     land_all = landscape_files(rows)
+    dens_all = density_files(rows)
     for d in dict.fromkeys(rows["dataset"].astype(str)):
         name = dataset_name(d)
         c = cells[cells["dataset"] == d]
@@ -513,6 +588,18 @@ def make_figures(rows: pd.DataFrame, cells: pd.DataFrame, folder: Path) -> list[
             save(plot_lambda(c, hess, rf"{name}: Hessian $\lambda_{{\max}}$"), f"lambda_max_{slug(d)}",
                  f"{name}: λ_max per method and over epochs",
                  "Largest Hessian eigenvalue of the training loss on fixed samples; mean ± std over seeds.")
+        dens = dens_all[dens_all["dataset"] == d] if len(dens_all) else dens_all
+        for model in dict.fromkeys(dens.get("model_key", [])):
+            dm = dens[dens["model_key"] == model]
+            png, pdf = save_figure(plot_hessian_density(dm, f"{name} / {model}: Hessian eigenvalue density"),
+                                   folder / f"hessian_density_{slug(d)}_{slug(model)}")
+            runs = int(dm["n_v"].iloc[0]) if not is_missing(dm["n_v"].iloc[0]) else "?"
+            made.append(FigureFile(
+                f"{name} / {model}: Hessian eigenvalue density", "Stochastic Lanczos quadrature of the training "
+                f"loss's Hessian on {dm['samples'].iloc[0]} fixed samples ({runs} × {dm['n_iter'].iloc[0]} Lanczos "
+                "steps per run), smoothed with one Gaussian width for every curve; log density. The extreme "
+                "Ritz values (below) estimate the largest and the most negative eigenvalue.", png, pdf,
+                extra="\n" + render_markdown(density_table(dm))))
         land = land_all[land_all["dataset"] == d] if len(land_all) else land_all
         for model in dict.fromkeys(land.get("model_key", [])):
             made.extend(_landscape_figures(land[land["model_key"] == model], name, d, model, folder))

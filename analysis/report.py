@@ -707,7 +707,7 @@ def report_markdown(report_dir: Path, rows: pd.DataFrame, tables: Sequence[Table
     for f in figures:
         png, pdf = _rel(f.png, report_dir), _rel(f.pdf, report_dir)
         parts.append(f"### {f.title}\n\n![{f.title}]({png})\n\n"
-                     f"{f.caption} Files: [PNG]({png}) · [PDF]({pdf})\n")
+                     f"{f.caption} Files: [PNG]({png}) · [PDF]({pdf})\n" + getattr(f, "extra", ""))
     parts.append("## Provenance\n")
     cmds = commands(rows)
     parts.append("Commands that made the runs (deduplicated):\n")

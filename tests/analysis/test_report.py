@@ -83,12 +83,13 @@ def _build(tmp: Path) -> Built:
     _run({**TINY, "method": "sgd", "dataset": "fashionmnist", "epochs": 1, "batch_size": 16,
           "train_subset": 32, "data_root": str(fashion), "out": str(results / "fashionmnist")}, commands)
     if HAS_FLATNESS:
-        from analysis.flatness import landscape_for_run_dir
+        from analysis.flatness import density_for_run_dir, landscape_for_run_dir
 
         seed0 = {d.name.split("-")[2]: d for d in (results / "synthetic").iterdir() if "-s0-" in d.name}
         for d in seed0.values():
             landscape_for_run_dir(d, dim=1, samples=32, resolution=7, device="cpu")
             landscape_for_run_dir(d, dim=2, samples=32, resolution=5, device="cpu")
+            density_for_run_dir(d, samples=32, n_iter=8, device="cpu")
         landscape_for_run_dir(seed0["sgd"], line_to=seed0["saf"], samples=32, resolution=7, device="cpu")
     out = tmp / "report"
     return Built(results, out, rp.build_report(results, out), commands)
@@ -139,7 +140,7 @@ FIGURES = ("throughput_synthetic", "cost_synthetic", "accuracy_epochs_synthetic"
            "cost_cifar10", "accuracy_epochs_cifar10", "throughput_fashionmnist",
            "accuracy_epochs_fashionmnist")
 FLATNESS_FIGURES = ("lambda_max_synthetic", "landscape_1d_synthetic_mlp_tiny", "landscape_2d_synthetic_mlp_tiny",
-                    "landscape_3d_synthetic_mlp_tiny")
+                    "landscape_3d_synthetic_mlp_tiny", "hessian_density_synthetic_mlp_tiny")
 
 
 def test_report_writes_every_table_and_figure(built: Built) -> None:
@@ -162,7 +163,12 @@ def test_flatness_figures_come_from_the_run_files(built: Built) -> None:
     made = {f.png.stem for f in built.report.figures}
     assert set(FLATNESS_FIGURES) <= made
     # No Hessian or landscape was measured on CIFAR-10: no such figure is invented for it.
-    assert not {f for f in made if f.endswith("cifar10") and f.startswith(("lambda", "landscape", "interp"))}
+    assert not {f for f in made if "cifar10" in f and f.startswith(("lambda", "landscape", "hessian"))}
+    # The density figure quotes the extremes read off it, one row per method with a density.
+    text = built.report.report.read_text()
+    section = text.split("Hessian eigenvalue density", 1)[1]
+    assert "| Method | Seeds | Largest eigenvalue | Most negative eigenvalue | Mass below 0 (%) |" in section
+    assert all(re.search(rf"^\| {m}( \[[^]]*\])? \| 0 \|", section, re.M) for m in ("sgd", "sam", "saf"))
 
 
 def test_report_md_links_every_file_and_lists_commands(built: Built) -> None:
