@@ -39,6 +39,7 @@ class FigureFile:
     png: Path
     pdf: Path
     extra: str = ""  # markdown shown after the figure's links (e.g. the numbers read off it)
+    section: str = "flatness"  # the report section: "cost" or "flatness"
 
 
 # ---- series names and colours ---------------------------------------------------------------------
@@ -209,38 +210,46 @@ def plot_throughput(cells: pd.DataFrame, title: str) -> Figure:
     return fig
 
 
-def plot_cost(curves: pd.DataFrame, points: pd.DataFrame, title: str) -> Figure:
-    """Test accuracy against training time (top) and images processed (bottom), one line per method.
+def plot_cost(curves: pd.DataFrame, points: pd.DataFrame, title: str,
+              targets: dict[str, float] | None = None) -> Figure:
+    """Test accuracy against cumulative training seconds (left) and against epochs (right), one row per
+    model, one curve per method (mean over seeds; right: ± one std band).
 
-    `curves` are per-epoch means over seeds from metrics.csv; `points` are the final results of runs
-    without a metrics file (shown as markers only).
+    `curves` are per-epoch rows of metrics.csv; `points` are the final results of runs without a metrics
+    file (markers only). `targets` (model -> accuracy fraction) draws the base optimizer's final accuracy
+    as a dashed line, the target of the time-to-target table.
     """
     models = list(dict.fromkeys(list(curves.get("model_key", [])) + list(points.get("model_key", []))))
-    fig, axes = _panels(len(models), rows=2)
+    fig = Figure(figsize=(10.0, 3.7 * len(models)), layout="constrained")
+    axes = fig.subplots(len(models), 2, squeeze=False, sharey="row")
     for j, model in enumerate(models):
-        top, bottom = axes[0, j], axes[1, j]
+        left, right = axes[j, 0], axes[j, 1]
         c = curves[curves["model_key"] == model] if len(curves) else curves
         p = points[points["model_key"] == model] if len(points) else points
         for method, setting in _series(pd.concat([c, p]) if len(c) or len(p) else c):
             label = series_label(method, setting)
-            if len(c):
-                s = c[(c["method_label"] == method) & (c["setting"] == setting)]
-                if len(s):
-                    mean = s.groupby("epoch")[["train_time_cum", "images_cum", "test_acc"]].mean()
-                    top.plot(mean["train_time_cum"], 100 * mean["test_acc"], marker="o", ms=3,
-                             color=_colour(method), label=label)
-                    bottom.plot(mean["images_cum"], 100 * mean["test_acc"], marker="o", ms=3,
-                                color=_colour(method), label=label)
-                    continue
+            s = c[(c["method_label"] == method) & (c["setting"] == setting)] if len(c) else c
+            if len(s):
+                mean = s.groupby("epoch")[["train_time_cum", "test_acc"]].mean()
+                left.plot(mean["train_time_cum"], 100 * mean["test_acc"], marker="o", ms=3,
+                          color=_colour(method), label=label)
+                _mean_band(right, s.assign(epoch=s["epoch"] + 1), "test_acc", label, _colour(method), scale=100.0)
+                continue
             if len(p):
                 s = p[(p["method_label"] == method) & (p["setting"] == setting)]
-                top.scatter(s["train_time_s"], 100 * s["final_test_acc"], color=_colour(method), label=label)
-                bottom.scatter(s["images"], 100 * s["final_test_acc"], color=_colour(method), label=label)
-        top.set(title=model, xlabel="training time (s)", ylabel="test accuracy (%)")
-        bottom.set(xlabel="training images processed", ylabel="test accuracy (%)")
-        for ax in (top, bottom):
+                left.scatter(s["train_time_s"], 100 * s["final_test_acc"], color=_colour(method), label=label)
+                right.scatter(pd.to_numeric(s["epochs_done"], errors="coerce"), 100 * s["final_test_acc"],
+                              color=_colour(method), label=label)
+        target = (targets or {}).get(model)
+        for ax in (left, right):
+            if target is not None and not is_missing(target):
+                ax.axhline(100 * target, color="k", lw=0.8, ls="--", label="base's final accuracy")
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
+            ax.set_ylabel("test accuracy (%)")
+        left.set(title=f"{model}: against training time", xlabel="training wall-clock (s, sum of epoch times)")
+        right.set(title=f"{model}: against epochs", xlabel="epochs trained")
+        right.tick_params(labelleft=True)
+        right.legend(fontsize=8)
     fig.suptitle(title)
     return fig
 
@@ -254,22 +263,6 @@ def _mean_band(ax: Any, frame: pd.DataFrame, column: str, label: str, colour: st
     ax.plot(x, mean, marker="o", ms=3, color=colour, label=label)
     if (stats["count"] > 1).any():
         ax.fill_between(x, mean - std, mean + std, color=colour, alpha=0.2, linewidth=0)
-
-
-def plot_accuracy_epochs(curves: pd.DataFrame, title: str) -> Figure:
-    """Test accuracy over epochs: mean over seeds, band of ± one std."""
-    models = list(dict.fromkeys(curves["model_key"]))
-    fig, axes = _panels(len(models))
-    for ax, model in zip(axes[0], models, strict=True):
-        c = curves[curves["model_key"] == model]
-        for method, setting in _series(c):
-            s = c[(c["method_label"] == method) & (c["setting"] == setting)]
-            _mean_band(ax, s, "test_acc", series_label(method, setting), _colour(method), scale=100.0)
-        ax.set(title=model, xlabel="epoch", ylabel="test accuracy (%)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(title)
-    return fig
 
 
 def plot_lambda(cells: pd.DataFrame, curves: pd.DataFrame, title: str) -> Figure:
@@ -532,8 +525,29 @@ def save_overhead_figure(panels: Sequence[Any], folder: Path) -> FigureFile:
     png, pdf = save_figure(plot_overhead(panels, "Step time per method (× SGD's)"), folder / "overhead_steps")
     return FigureFile("Step time per method, every overhead measurement",
                       "Median step time / SGD's over interleaved rounds (bars: quartiles); black ticks: the "
-                      "suite's upper targets on that device; hatched: the official SAF store design.", png, pdf)
+                      "suite's upper targets on that device; hatched: the official SAF store design.", png, pdf,
+                      section="cost")
 
+
+
+def cost_targets(curves: pd.DataFrame, points: pd.DataFrame) -> dict[str, float]:
+    """model -> the base optimizer's final test accuracy (mean over seeds of its last epoch), when there is
+    exactly one base cell of the model (else the dashed line would be ambiguous)."""
+    from .time_to_target import BASE_LABELS
+
+    out: dict[str, float] = {}
+    for model in dict.fromkeys(list(curves.get("model_key", [])) + list(points.get("model_key", []))):
+        c = curves[(curves["model_key"] == model) & curves["method_label"].isin(BASE_LABELS)] if len(curves) \
+            else curves
+        if len(c) and len(set(zip(c["method_label"], c["setting"], strict=True))) == 1:
+            last = c[c["epoch"] == c["epoch"].max()]
+            out[model] = float(last["test_acc"].mean())
+            continue
+        p = points[(points["model_key"] == model) & points["method_label"].isin(BASE_LABELS)] if len(points) \
+            else points
+        if len(p) and len(set(zip(p["method_label"], p["setting"], strict=True))) == 1 and not len(c):
+            out[model] = float(p["final_test_acc"].mean())
+    return out
 
 
 def _final_points(rows: pd.DataFrame) -> pd.DataFrame:
@@ -543,6 +557,7 @@ def _final_points(rows: pd.DataFrame) -> pd.DataFrame:
     done = ok["epochs_completed"] if "epochs_completed" in ok.columns else ok.get("epochs")
     samples = ok["num_samples"] if "num_samples" in ok.columns else np.nan
     ok["images"] = pd.to_numeric(samples, errors="coerce") * pd.to_numeric(done, errors="coerce")
+    ok["epochs_done"] = pd.to_numeric(done, errors="coerce")
     return ok
 
 
@@ -552,7 +567,8 @@ def make_figures(rows: pd.DataFrame, cells: pd.DataFrame, folder: Path) -> list[
 
     def save(fig: Figure, name: str, title: str, caption: str) -> None:
         png, pdf = save_figure(fig, folder / name)
-        made.append(FigureFile(title, caption, png, pdf))
+        made.append(FigureFile(title, caption, png, pdf,
+                               section="cost" if name.startswith(("throughput", "cost")) else "flatness"))
 
     curves_all = epoch_curves(rows)
     hess_all = hessian_curves(rows)
@@ -575,14 +591,13 @@ def make_figures(rows: pd.DataFrame, cells: pd.DataFrame, folder: Path) -> list[
                     zip(points["model_key"], points["method_label"], points["setting"], strict=True)]
             points = points[keep]
         if len(curves) or len(points):
-            save(plot_cost(curves, points, f"{name}: accuracy vs training cost"), f"cost_{slug(d)}",
-                 f"{name}: accuracy against training cost",
-                 "Test accuracy after each epoch (mean over seeds) against cumulative training time and "
-                 "training images processed.")
-        if len(curves):
-            save(plot_accuracy_epochs(curves, f"{name}: test accuracy over epochs"),
-                 f"accuracy_epochs_{slug(d)}", f"{name}: test accuracy over epochs",
-                 "Mean over seeds; the band is ± one std.")
+            targets = cost_targets(curves, points)
+            save(plot_cost(curves, points, f"{name}: test accuracy against training cost", targets),
+                 f"cost_{slug(d)}", f"{name}: test accuracy against training time and epochs",
+                 "Test accuracy after each epoch, mean over seeds (right: band of ± one std), against the "
+                 "cumulative training time (the sum of the epochs' epoch_time_s, evaluation excluded) and "
+                 "against epochs; dashed: the base optimizer's final accuracy, the target of the "
+                 "time-to-target table.")
         hess = hess_all[hess_all["dataset"] == d] if len(hess_all) else hess_all
         if c["lambda_max_mean"].notna().any() or len(hess):
             save(plot_lambda(c, hess, rf"{name}: Hessian $\lambda_{{\max}}$"), f"lambda_max_{slug(d)}",
