@@ -636,7 +636,7 @@ def runs_overview(rows: pd.DataFrame) -> pd.DataFrame:
         methods = list(dict.fromkeys(g["method_label"]))
         rank = _method_rank(methods)
         rec["Methods"] = ", ".join(sorted(methods, key=lambda m: rank[m]))
-        rec["Seeds"] = " ".join(str(x) for x in sorted(g["seed"].dropna().unique())) if "seed" in g else MISSING
+        rec["Seeds"] = " ".join(_value_text(x) for x in sorted(g["seed"].dropna().unique())) if "seed" in g else MISSING
         epochs = g["epochs"].dropna().unique() if "epochs" in g else []
         rec["Epochs"] = ", ".join(_value_text(e) for e in sorted(epochs)) or MISSING
         status = g["status"].value_counts()
