@@ -2,8 +2,8 @@
 
 Every run of a dataset is measured on the same fixed training samples (the first ones of a
 seed-0, un-augmented pass), so λ_max and traces compare across methods and seeds.
-Files: hessian.json (end of training), hessian_epochs.csv (chosen epochs), landscape_1d.npz,
-landscape_2d.npz, landscape_line_<other run>.npz.
+Files: hessian.json (end of training), hessian_epochs.csv (chosen epochs), hessian_density.npz
+(stochastic-Lanczos eigenvalue density), landscape_1d.npz, landscape_2d.npz, landscape_line_<other run>.npz.
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ from bench.errors import UsageError
 from bench.models import create_model
 from bench.provenance import provenance
 
-from .hessian import hessian_summary
+from .hessian import density, hessian_summary
 from .landscape import loss_curve_1d, loss_line, loss_surface_2d, save_landscape
 
 HESSIAN = "hessian.json"
 HESSIAN_EPOCHS = "hessian_epochs.csv"
+HESSIAN_DENSITY = "hessian_density.npz"
 
 
 def fixed_data(config: RunConfig, device: torch.device, samples: int, batch_size: int = 250) -> Any:
@@ -109,6 +110,43 @@ def hessian_for_run_dir(run_dir: str | Path, *, samples: int = 1000, k: int = 3,
     summary.update(epoch=_epochs_done(run_dir), samples=samples, **provenance(dev, command))
     write_hessian(Path(run_dir), summary, None)
     return summary
+
+
+def density_summary(nodes: Any, weights: Any) -> dict[str, float]:
+    """What the report quotes from a density: its extreme Ritz values and the weight below zero.
+
+    The extreme Ritz values of Lanczos converge first, so they estimate λ_max and the most negative
+    eigenvalue (reported as 0 mass / the smallest node when none is negative).
+    """
+    import numpy as np
+
+    nodes, weights = np.asarray(nodes, dtype=float), np.asarray(weights, dtype=float)
+    return {"largest": float(nodes.max()), "smallest": float(nodes.min()),
+            "negative_mass": float(weights[nodes < 0].sum())}
+
+
+def density_for_run_dir(run_dir: str | Path, *, samples: int = 1000, n_iter: int = 100, n_v: int = 1,
+                        seed: int = 0, bn_mode: str = "eval", device: str = "auto",
+                        command: str | None = None) -> Path:
+    """Stochastic Lanczos quadrature of the final model's Hessian spectrum, saved as hessian_density.npz.
+
+    Arrays: ``nodes`` and ``weights`` (the quadrature, weights summing to 1) and the Gaussian-smoothed
+    ``grid``/``density``; the meta holds the settings, the extremes, the time and the provenance.
+    """
+    dev = _device(device)
+    run_dir = Path(run_dir)
+    config, model, batches = load_run(run_dir, dev, samples)
+    start = time.perf_counter()
+    d = density(model, batches, n_iter=n_iter, n_v=n_v, seed=seed, bn_mode=bn_mode)
+    meta = {"kind": "hessian_density", "run_dir": run_dir.name, "method": config.method,
+            "dataset": config.dataset, "model": config.model, "samples": samples, "n_iter": d.n_iter,
+            "n_v": d.n_v, "dim": d.dim, "sigma": d.sigma, "seed": seed, "bn_mode": bn_mode,
+            "epoch": _epochs_done(run_dir), "seconds": time.perf_counter() - start,
+            **density_summary(d.eigenvalues, d.weights), **provenance(dev, command)}
+    path = run_dir / HESSIAN_DENSITY
+    save_landscape(path, {"nodes": d.eigenvalues, "weights": d.weights, "grid": d.grid, "density": d.density},
+                   meta)  # the landscape files' format: arrays plus a JSON meta, written atomically
+    return path
 
 
 def landscape_for_run_dir(run_dir: str | Path, *, dim: int = 1, samples: int = 1000, resolution: int | None = None,

@@ -9,10 +9,15 @@ from typing import Any
 def _hessian(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from bench.errors import UsageError
     from bench.results import RESULTS, write_results
 
-    from .flatness import hessian_for_run_dir
+    from .flatness import density_for_run_dir, hessian_for_run_dir
+    from .landscape import load_landscape
 
+    if args.density and (args.density_iter < 1 or args.density_runs < 1):
+        raise UsageError(f"--density-iter {args.density_iter} / --density-runs {args.density_runs} are invalid: "
+                         "both must be >= 1")
     for run_dir in args.run_dirs:
         s = hessian_for_run_dir(run_dir, samples=args.samples, k=args.k, trace_samples=args.trace_samples,
                                 bn_mode=args.bn_mode, device=args.device,
@@ -20,6 +25,14 @@ def _hessian(args: argparse.Namespace) -> int:
         top = [round(v, 4) for v in s["top_eigenvalues"]]
         print(f"{run_dir}: lambda_max {s['lambda_max']:.4g}, top-{args.k} {top}, "
               f"trace {s['trace']:.4g} ± {s['trace_stderr'] or float('nan'):.2g} ({s['seconds']:.0f} s)")
+        if args.density:
+            path = density_for_run_dir(run_dir, samples=args.samples, n_iter=args.density_iter,
+                                       n_v=args.density_runs, bn_mode=args.bn_mode, device=args.device,
+                                       command=args.invocation)
+            m = load_landscape(path)[1]
+            print(f"{run_dir}: density from {m['n_v']} x {m['n_iter']} Lanczos steps: largest {m['largest']:.4g}, "
+                  f"most negative {m['smallest']:.4g}, mass below 0 {m['negative_mass']:.3g} "
+                  f"({m['seconds']:.0f} s) -> {path.name}")
     # A grid's results.csv carries λ_max and the trace: rebuild the ones these runs belong to.
     for folder in dict.fromkeys(Path(d).resolve().parent for d in args.run_dirs):
         if (folder / RESULTS).exists():
@@ -47,6 +60,10 @@ def register(subparsers: Any) -> None:
     h.add_argument("--trace-samples", type=int, default=50, help="Hutchinson probe vectors")
     h.add_argument("--bn-mode", choices=("eval", "train"), default="eval")
     h.add_argument("--device", default="auto")
+    h.add_argument("--density", action="store_true",
+                   help="also store the stochastic-Lanczos eigenvalue density (hessian_density.npz)")
+    h.add_argument("--density-iter", type=int, default=100, help="Lanczos steps per density run")
+    h.add_argument("--density-runs", type=int, default=1, help="random start vectors (n_v) of the density")
     h.set_defaults(func=_hessian)
 
     p = subparsers.add_parser("landscape", help="1D/2D filter-normalised loss landscape of a run's final model")

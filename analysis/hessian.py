@@ -56,6 +56,7 @@ __all__ = [
     "top_eigenvalues",
     "trace",
     "density",
+    "smooth_density",
     "hessian_summary",
 ]
 
@@ -101,14 +102,23 @@ class SpectralDensity:
         The default width is 1% of the node spread, so the curve does not depend on the loss scale.
         """
         nodes = np.asarray(self.eigenvalues, dtype=np.float64)
-        weights = np.asarray(self.weights, dtype=np.float64)
         lo, hi = float(nodes.min()), float(nodes.max())
         if sigma is None:
             sigma = 0.01 * (hi - lo) if hi > lo else 1e-3 * max(abs(hi), 1.0)
         grid = np.linspace(lo - 5 * sigma, hi + 5 * sigma, num_points)
-        z = (grid[:, None] - nodes[None, :]) / sigma
-        curve = (np.exp(-0.5 * z**2) * weights[None, :]).sum(axis=1) / (sigma * math.sqrt(2 * math.pi))
-        return grid, curve
+        return grid, smooth_density(nodes, self.weights, sigma, grid)
+
+
+def smooth_density(nodes: Sequence[float] | np.ndarray, weights: Sequence[float] | np.ndarray, sigma: float,
+                   grid: np.ndarray) -> np.ndarray:
+    """Quadrature nodes/weights smoothed with Gaussians of width ``sigma``, evaluated on ``grid``.
+
+    The report re-smooths stored densities of several runs with one ``sigma`` so their curves compare.
+    """
+    nodes = np.asarray(nodes, dtype=np.float64)
+    weights = np.asarray(weights, dtype=np.float64)
+    z = (np.asarray(grid, dtype=np.float64)[:, None] - nodes[None, :]) / sigma
+    return (np.exp(-0.5 * z**2) * weights[None, :]).sum(axis=1) / (sigma * math.sqrt(2 * math.pi))
 
 
 def select_parameters(model: nn.Module, params: ParamSpec = None) -> list[str]:
@@ -140,9 +150,18 @@ def _describe(params: ParamSpec) -> str | list[str] | None:
 
 
 class _HessianOperator:
-    """v -> H v for the flattened selected parameters, on float32 copies of the weights."""
+    """v -> H v for the flattened selected parameters, on float32 copies of the weights.
 
-    def __init__(self, model: nn.Module, batches: Sequence[Batch], loss_fn: LossFn | None, params: ParamSpec):
+    With ``reuse_graph`` (the default) each batch's forward pass and first backward (the gradient,
+    built with ``create_graph``) run once, on the first product; every product after that is one
+    more backward through the kept graphs, as PyHessian does for a single batch. This is most of
+    the speed: recomputing them cost ~1.6x per product on a small CNN (tests/benchmarks). Keeping the
+    graphs holds the activations of every batch; if that runs out of device memory the operator
+    drops them and recomputes per product instead.
+    """
+
+    def __init__(self, model: nn.Module, batches: Sequence[Batch], loss_fn: LossFn | None, params: ParamSpec,
+                 reuse_graph: bool = True):
         check_batches(batches)
         self.model = model
         self.loss_fn = loss_fn or default_loss
@@ -164,6 +183,9 @@ class _HessianOperator:
         sizes = [batch_size(b) for b in self.batches]
         self.num_examples = sum(sizes)
         self.weights = [s / self.num_examples for s in sizes]
+        self.reuse_graph = reuse_graph
+        self._graphs: list[tuple[list[Tensor], list[Tensor], list[int]]] | None = None
+        self.first_order_passes = 0  # forward + gradient passes run so far (tests count them)
 
     def _to_device(self, t: Tensor) -> Tensor:
         t = t.to(self.device, non_blocking=True)
@@ -172,31 +194,45 @@ class _HessianOperator:
     def split(self, flat: Tensor) -> list[Tensor]:
         return [c.view(s) for c, s in zip(torch.split(flat, self.numels), self.shapes, strict=True)]
 
+    def _gradient(self, batch: Batch, weight: float) -> tuple[list[Tensor], list[Tensor], list[int]]:
+        """Leaves, the differentiable gradient blocks (built with create_graph) and their indices."""
+        inputs, targets = batch
+        leaves = [t.detach().requires_grad_(True) for t in self.selected.values()]
+        outputs = functional_call(
+            self.model, {**self.fixed, **self.buffers, **dict(zip(self.names, leaves, strict=True))},
+            (self._to_device(inputs),),
+        )
+        loss = self.loss_fn(outputs, self._to_device(targets)) * weight
+        grads = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
+        self.first_order_passes += 1
+        # A gradient that does not depend on the weights (or is absent) contributes a zero block.
+        keep = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
+        return leaves, [grads[i] for i in keep], keep
+
+    def _product(self, vs: list[Tensor], reuse: bool) -> Tensor:
+        if reuse and self._graphs is None:
+            self._graphs = [self._gradient(b, w) for b, w in zip(self.batches, self.weights, strict=True)]
+        out = torch.zeros(self.dim, dtype=torch.float32, device=self.device)
+        for i, (batch, w) in enumerate(zip(self.batches, self.weights, strict=True)):
+            leaves, grads, keep = self._graphs[i] if reuse else self._gradient(batch, w)
+            if not keep:
+                continue
+            hv = torch.autograd.grad(grads, leaves, grad_outputs=[vs[j] for j in keep], retain_graph=reuse,
+                                     allow_unused=True)
+            out += torch.cat([(h if h is not None else torch.zeros_like(t)).reshape(-1)
+                              for h, t in zip(hv, leaves, strict=True)])
+        return out
+
     def __call__(self, v: Tensor) -> Tensor:
         vs = self.split(v)
-        out = torch.zeros(self.dim, dtype=torch.float32, device=self.device)
-        for (inputs, targets), w in zip(self.batches, self.weights, strict=True):
-            leaves = {n: t.detach().requires_grad_(True) for n, t in self.selected.items()}
-            outputs = functional_call(
-                self.model, {**self.fixed, **self.buffers, **leaves}, (self._to_device(inputs),)
-            )
-            loss = self.loss_fn(outputs, self._to_device(targets)) * w
-            grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=True, allow_unused=True)
-            # A gradient that does not depend on the weights (or is absent) contributes a zero block.
-            pairs = [(g, u) for g, u in zip(grads, vs, strict=True) if g is not None and g.requires_grad]
-            if not pairs:
-                continue
-            hv = torch.autograd.grad(
-                [g for g, _ in pairs],
-                list(leaves.values()),
-                grad_outputs=[u for _, u in pairs],
-                allow_unused=True,
-            )
-            blocks = [
-                h if h is not None else torch.zeros_like(t) for h, t in zip(hv, leaves.values(), strict=True)
-            ]
-            out += torch.cat([b.reshape(-1) for b in blocks])
-        return out
+        if self.reuse_graph:
+            try:
+                return self._product(vs, reuse=True)
+            except torch.OutOfMemoryError:
+                self._graphs, self.reuse_graph = None, False  # free the kept graphs, recompute from now on
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+        return self._product(vs, reuse=False)
 
     def random(self, gen: torch.Generator, kind: str) -> Tensor:
         """A random vector from the local CPU generator (same draw on any device), moved over."""

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 
 from bench import io
 
-from .report import METHOD_ORDER, dataset_name, is_missing, slug
+from .report import METHOD_ORDER, dataset_name, is_missing, render_markdown, slug
 
 METRICS = "metrics.csv"
 HESSIAN = "hessian.json"
@@ -28,6 +28,7 @@ HESSIAN_EPOCHS = "hessian_epochs.csv"
 LANDSCAPE_1D = "landscape_1d.npz"
 LANDSCAPE_2D = "landscape_2d.npz"
 LANDSCAPE_LINE = "landscape_line_*.npz"
+HESSIAN_DENSITY = "hessian_density.npz"
 _KEYS = ("dataset", "model_key", "method_label", "setting", "seed")
 
 
@@ -37,6 +38,8 @@ class FigureFile:
     caption: str
     png: Path
     pdf: Path
+    extra: str = ""  # markdown shown after the figure's links (e.g. the numbers read off it)
+    section: str = "flatness"  # the report section: "cost" or "flatness"
 
 
 # ---- series names and colours ---------------------------------------------------------------------
@@ -145,6 +148,27 @@ def landscape_files(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(recs)
 
 
+def density_files(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per stored Hessian density (hessian_density.npz): the run's keys, the path and its meta."""
+    from .landscape import load_landscape
+
+    recs = []
+    for r, path in _runs_with_files(rows):
+        file = path / HESSIAN_DENSITY
+        if not file.exists():
+            continue
+        try:
+            arrays, meta = load_landscape(file)
+        except (OSError, ValueError, KeyError):
+            continue
+        if not {"nodes", "weights"} <= set(arrays):
+            continue
+        recs.append({**{k: r[k] for k in _KEYS}, "path": str(file), "nodes": arrays["nodes"],
+                     "weights": arrays["weights"], "n_iter": meta.get("n_iter"), "n_v": meta.get("n_v"),
+                     "samples": meta.get("samples"), "command": meta.get("command", "")})
+    return pd.DataFrame(recs)
+
+
 # ---- saving ---------------------------------------------------------------------------------------
 def save_figure(fig: Figure, stem: Path) -> tuple[Path, Path]:
     """PNG and PDF beside each other, each written atomically, without timestamps (stable files)."""
@@ -186,38 +210,46 @@ def plot_throughput(cells: pd.DataFrame, title: str) -> Figure:
     return fig
 
 
-def plot_cost(curves: pd.DataFrame, points: pd.DataFrame, title: str) -> Figure:
-    """Test accuracy against training time (top) and images processed (bottom), one line per method.
+def plot_cost(curves: pd.DataFrame, points: pd.DataFrame, title: str,
+              targets: dict[str, float] | None = None) -> Figure:
+    """Test accuracy against cumulative training seconds (left) and against epochs (right), one row per
+    model, one curve per method (mean over seeds; right: ± one std band).
 
-    `curves` are per-epoch means over seeds from metrics.csv; `points` are the final results of runs
-    without a metrics file (shown as markers only).
+    `curves` are per-epoch rows of metrics.csv; `points` are the final results of runs without a metrics
+    file (markers only). `targets` (model -> accuracy fraction) draws the base optimizer's final accuracy
+    as a dashed line, the target of the time-to-target table.
     """
     models = list(dict.fromkeys(list(curves.get("model_key", [])) + list(points.get("model_key", []))))
-    fig, axes = _panels(len(models), rows=2)
+    fig = Figure(figsize=(10.0, 3.7 * len(models)), layout="constrained")
+    axes = fig.subplots(len(models), 2, squeeze=False, sharey="row")
     for j, model in enumerate(models):
-        top, bottom = axes[0, j], axes[1, j]
+        left, right = axes[j, 0], axes[j, 1]
         c = curves[curves["model_key"] == model] if len(curves) else curves
         p = points[points["model_key"] == model] if len(points) else points
         for method, setting in _series(pd.concat([c, p]) if len(c) or len(p) else c):
             label = series_label(method, setting)
-            if len(c):
-                s = c[(c["method_label"] == method) & (c["setting"] == setting)]
-                if len(s):
-                    mean = s.groupby("epoch")[["train_time_cum", "images_cum", "test_acc"]].mean()
-                    top.plot(mean["train_time_cum"], 100 * mean["test_acc"], marker="o", ms=3,
-                             color=_colour(method), label=label)
-                    bottom.plot(mean["images_cum"], 100 * mean["test_acc"], marker="o", ms=3,
-                                color=_colour(method), label=label)
-                    continue
+            s = c[(c["method_label"] == method) & (c["setting"] == setting)] if len(c) else c
+            if len(s):
+                mean = s.groupby("epoch")[["train_time_cum", "test_acc"]].mean()
+                left.plot(mean["train_time_cum"], 100 * mean["test_acc"], marker="o", ms=3,
+                          color=_colour(method), label=label)
+                _mean_band(right, s.assign(epoch=s["epoch"] + 1), "test_acc", label, _colour(method), scale=100.0)
+                continue
             if len(p):
                 s = p[(p["method_label"] == method) & (p["setting"] == setting)]
-                top.scatter(s["train_time_s"], 100 * s["final_test_acc"], color=_colour(method), label=label)
-                bottom.scatter(s["images"], 100 * s["final_test_acc"], color=_colour(method), label=label)
-        top.set(title=model, xlabel="training time (s)", ylabel="test accuracy (%)")
-        bottom.set(xlabel="training images processed", ylabel="test accuracy (%)")
-        for ax in (top, bottom):
+                left.scatter(s["train_time_s"], 100 * s["final_test_acc"], color=_colour(method), label=label)
+                right.scatter(pd.to_numeric(s["epochs_done"], errors="coerce"), 100 * s["final_test_acc"],
+                              color=_colour(method), label=label)
+        target = (targets or {}).get(model)
+        for ax in (left, right):
+            if target is not None and not is_missing(target):
+                ax.axhline(100 * target, color="k", lw=0.8, ls="--", label="base's final accuracy")
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
+            ax.set_ylabel("test accuracy (%)")
+        left.set(title=f"{model}: against training time", xlabel="training wall-clock (s, sum of epoch times)")
+        right.set(title=f"{model}: against epochs", xlabel="epochs trained")
+        right.tick_params(labelleft=True)
+        right.legend(fontsize=8)
     fig.suptitle(title)
     return fig
 
@@ -231,22 +263,6 @@ def _mean_band(ax: Any, frame: pd.DataFrame, column: str, label: str, colour: st
     ax.plot(x, mean, marker="o", ms=3, color=colour, label=label)
     if (stats["count"] > 1).any():
         ax.fill_between(x, mean - std, mean + std, color=colour, alpha=0.2, linewidth=0)
-
-
-def plot_accuracy_epochs(curves: pd.DataFrame, title: str) -> Figure:
-    """Test accuracy over epochs: mean over seeds, band of ± one std."""
-    models = list(dict.fromkeys(curves["model_key"]))
-    fig, axes = _panels(len(models))
-    for ax, model in zip(axes[0], models, strict=True):
-        c = curves[curves["model_key"] == model]
-        for method, setting in _series(c):
-            s = c[(c["method_label"] == method) & (c["setting"] == setting)]
-            _mean_band(ax, s, "test_acc", series_label(method, setting), _colour(method), scale=100.0)
-        ax.set(title=model, xlabel="epoch", ylabel="test accuracy (%)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(title)
-    return fig
 
 
 def plot_lambda(cells: pd.DataFrame, curves: pd.DataFrame, title: str) -> Figure:
@@ -285,60 +301,141 @@ def plot_lambda(cells: pd.DataFrame, curves: pd.DataFrame, title: str) -> Figure
     return fig
 
 
-def plot_landscapes(entries: Sequence[tuple[str, str, dict | None, dict | None]], title: str) -> Figure:
-    """One row per method: its 1D curve (left) and 2D contour map (right), 2D maps on shared levels.
+# ---- landscapes -----------------------------------------------------------------------------------
+LANDSCAPE_CAP_RATIO = 100.0  # 2D/3D colour scale: from the lowest loss of the figure to this many times it
+LANDSCAPE_LEVELS = 21
 
-    `entries`: (label, method, 1D result or None, 2D result or None).
+
+def landscape_levels(surfaces: Sequence[np.ndarray], cap: float | None = None,
+                     n: int = LANDSCAPE_LEVELS) -> np.ndarray:
+    """Contour levels shared by every map of a figure: log-spaced from the lowest loss to `cap`.
+
+    `cap` defaults to LANDSCAPE_CAP_RATIO times the lowest loss (never above the highest one), as in
+    Li et al.'s loss-landscape plots, which cut the scale off so the basins keep their levels; higher
+    losses take the last colour. Log spacing gives the basin (a few × the minimum) as many levels as
+    the walls (tens of × the minimum).
     """
-    has_1d = any(e[2] is not None for e in entries)
-    has_2d = any(e[3] is not None for e in entries)
-    ncols = int(has_1d) + int(has_2d)
-    fig = Figure(figsize=(4.6 * ncols, 3.4 * len(entries)), layout="constrained")
-    axes = fig.subplots(len(entries), ncols, squeeze=False)
-    surfaces = [np.asarray(e[3]["loss"], dtype=float) for e in entries if e[3] is not None]
-    finite = np.concatenate([s[np.isfinite(s)].ravel() for s in surfaces]) if surfaces else np.array([])
-    flat = not finite.size or finite.max() <= finite.min()
-    levels = 25 if flat else np.linspace(finite.min(), finite.max(), 25)
-    for row, (label, method, one, two) in enumerate(entries):
-        col = 0
-        if has_1d:
-            ax = axes[row, col]
-            col += 1
-            if one is not None:
-                ax.plot(one["alphas"], one["loss"], color=_colour(method))
-                ax.set(xlabel="α (filter-normalised direction)", ylabel="loss")
-                ax.grid(alpha=0.3)
-            ax.set_title(f"{label}: 1D")
-        if has_2d:
-            ax = axes[row, col]
-            if two is not None:
-                gx, gy = np.meshgrid(np.asarray(two["xs"]), np.asarray(two["ys"]))
-                filled = ax.contourf(gx, gy, np.asarray(two["loss"], dtype=float), levels=levels,
-                                     cmap="viridis", extend="both")
-                fig.colorbar(filled, ax=ax, label="loss")
-                ax.set(xlabel="x", ylabel="y", aspect="equal")
-            ax.set_title(f"{label}: 2D")
+    finite = np.concatenate([np.asarray(s, dtype=float)[np.isfinite(s)].ravel() for s in surfaces]) \
+        if surfaces else np.array([])
+    positive = finite[finite > 0]
+    if not positive.size:  # no positive loss to put on a log scale: plain linear levels
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        return np.linspace(lo, hi if hi > lo else lo + 1.0, n)
+    lo, hi = float(positive.min()), float(positive.max())
+    top = min(hi, lo * LANDSCAPE_CAP_RATIO) if cap is None else float(cap)
+    if top <= lo:
+        top = lo * 1.01 + 1e-12
+    return np.geomspace(lo, top, n)
+
+
+def _grid_edges(n: int) -> tuple[int, int]:
+    cols = min(n, 5)
+    return cols, math.ceil(n / cols)
+
+
+def plot_landscape_1d(curves: Sequence[tuple[str, str, dict]], lines: Sequence[tuple[str, dict]],
+                      title: str, log_y: bool = True) -> Figure:
+    """Every method's 1D curve on one axis (left) and the interpolation lines between final models (right).
+
+    `curves`: (label, method, 1D result); `lines`: (label, line result). All curves share the α axis
+    and the (log) loss axis, so widths and heights compare by eye.
+    """
+    fig = Figure(figsize=(5.4 * (2 if lines else 1), 4.0), layout="constrained")
+    # One loss axis for both panels: a barrier on the line reads against the walls of the random directions.
+    axes = fig.subplots(1, 2 if lines else 1, squeeze=False, sharey=True)
+    ax = axes[0, 0]
+    for label, method, r in curves:
+        ax.plot(r["alphas"], r["loss"], color=_colour(method), label=label, lw=1.6)
+    if curves:
+        lo = min(float(np.min(r["alphas"])) for _, _, r in curves)
+        hi = max(float(np.max(r["alphas"])) for _, _, r in curves)
+        ax.set_xlim(lo, hi)
+    ax.set(xlabel="α along a filter-normalised random direction", ylabel="training loss",
+           yscale="log" if log_y else "linear", title="around each final model")
+    ax.axvline(0.0, color="k", lw=0.6, ls=":")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    if lines:
+        ax = axes[0, 1]
+        twin = ax.twinx()
+        for i, (label, r) in enumerate(lines):
+            style = ("-", "--", "-.", ":")[i % 4]
+            ax.plot(r["alphas"], r["loss"], color="k", ls=style, marker="o", ms=2.5, label=f"loss: {label}")
+            acc = np.asarray(r.get("accuracy", []), dtype=float)
+            if acc.size and np.isfinite(acc).any():
+                twin.plot(r["alphas"], 100 * acc, color="#2ca02c", ls=style, lw=1.0, label=f"accuracy: {label}")
+        for a in (0.0, 1.0):
+            ax.axvline(a, color="k", lw=0.6, ls=":")
+        ax.set(xlabel="α: (1 − α)·θ_from + α·θ_to", title="between two final models (same loss axis)")
+        ax.tick_params(labelleft=True)
+        twin.set_ylabel("accuracy (%)", color="#2ca02c")
+        twin.tick_params(axis="y", colors="#2ca02c")
+        ax.grid(alpha=0.3, which="both")
+        handles = ax.get_legend_handles_labels()
+        more = twin.get_legend_handles_labels()
+        ax.legend(handles[0] + more[0], handles[1] + more[1], fontsize=7)
     fig.suptitle(title)
     return fig
 
 
-def plot_interpolation(lines: Sequence[tuple[str, dict]], title: str) -> Figure:
-    """Loss and accuracy on the straight line between two final models (α=0: the first, α=1: the second)."""
-    has_acc = any(np.isfinite(np.asarray(r.get("accuracy", [np.nan]), dtype=float)).any() for _, r in lines)
-    fig, axes = _panels(2 if has_acc else 1)
-    for label, r in lines:
-        axes[0, 0].plot(r["alphas"], r["loss"], marker="o", ms=3, label=label)
-        if has_acc:
-            acc = 100 * np.asarray(r["accuracy"], dtype=float)
-            axes[0, 1].plot(r["alphas"], acc, marker="o", ms=3, label=label)
-    axes[0, 0].set(xlabel="α", ylabel="loss")
-    if has_acc:
-        axes[0, 1].set(xlabel="α", ylabel="accuracy (%)")
-    for ax in axes[0]:
-        for a in (0.0, 1.0):
-            ax.axvline(a, color="k", lw=0.6, ls=":")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+def plot_landscape_2d(entries: Sequence[tuple[str, str, dict]], title: str,
+                      cap: float | None = None) -> Figure:
+    """Contour maps of each method's 2D landscape on one shared set of log-spaced levels (landscape_levels).
+
+    `entries`: (label, method, 2D result). One colour bar serves every panel; the star marks the
+    trained weights (the origin).
+    """
+    from matplotlib.colors import BoundaryNorm
+
+    cols, rows = _grid_edges(len(entries))
+    fig = Figure(figsize=(3.3 * cols + 1.0, 3.3 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    levels = landscape_levels([np.asarray(e[2]["loss"], dtype=float) for e in entries], cap)
+    norm = BoundaryNorm(levels, ncolors=256, extend="max")
+    filled = None
+    for ax, (label, method, r) in zip(axes.flat, entries, strict=False):
+        gx, gy = np.meshgrid(np.asarray(r["xs"]), np.asarray(r["ys"]))
+        loss = np.asarray(r["loss"], dtype=float)
+        filled = ax.contourf(gx, gy, loss, levels=levels, cmap="viridis", norm=norm, extend="max")
+        ax.contour(gx, gy, loss, levels=levels, colors="w", linewidths=0.35, alpha=0.6)
+        ax.plot([0], [0], marker="*", color="#d62728", ms=9, mec="w", mew=0.6)
+        ax.set_title(label, color=_colour(method), fontsize=10)
+        ax.set(xlabel="direction 1", aspect="equal")
+        ax.set_ylabel("direction 2")
+    for ax in axes.flat[len(entries):]:
+        ax.set_visible(False)
+    if filled is not None:
+        bar = fig.colorbar(filled, ax=axes, label="training loss (log-spaced levels, capped)", shrink=0.9)
+        ticks = np.geomspace(levels[0], levels[-1], 5)
+        bar.set_ticks(ticks, labels=[f"{t:.3g}" for t in ticks])
+    fig.suptitle(title)
+    return fig
+
+
+def plot_landscape_3d(entries: Sequence[tuple[str, str, dict]], title: str,
+                      cap: float | None = None) -> Figure:
+    """Surfaces of log10(loss) per method (as in the SAF paper's surface figures), clipped at the same cap
+    as the contour maps and drawn on one z range."""
+    from matplotlib.colors import Normalize
+
+    cols, rows = _grid_edges(len(entries))
+    fig = Figure(figsize=(3.6 * cols, 3.4 * rows), layout="constrained")
+    levels = landscape_levels([np.asarray(e[2]["loss"], dtype=float) for e in entries], cap)
+    lo, hi = float(np.log10(levels[0])), float(np.log10(levels[-1]))
+    norm = Normalize(lo, hi)
+    for i, (label, method, r) in enumerate(entries):
+        ax = fig.add_subplot(rows, cols, i + 1, projection="3d")
+        gx, gy = np.meshgrid(np.asarray(r["xs"]), np.asarray(r["ys"]))
+        loss = np.clip(np.asarray(r["loss"], dtype=float), levels[0], levels[-1])
+        z = np.log10(loss)
+        ax.plot_surface(gx, gy, z, cmap="viridis", norm=norm, linewidth=0, antialiased=True, rstride=1, cstride=1)
+        ax.set_zlim(lo, hi)
+        ticks = np.linspace(lo, hi, 4)
+        ax.set_zticks(ticks, labels=[f"{10 ** t:.2g}" for t in ticks])
+        ax.set_title(label, color=_colour(method), fontsize=10)
+        ax.set(xlabel="dir. 1", ylabel="dir. 2")
+        ax.set_zlabel("loss (log)")
+        ax.view_init(elev=30, azim=-60)
     fig.suptitle(title)
     return fig
 
@@ -372,13 +469,85 @@ def plot_overhead(panels: Sequence[Any], title: str, per_row: int = 4) -> Figure
     return fig
 
 
+def plot_hessian_density(frame: pd.DataFrame, title: str, points: int = 600) -> Figure:
+    """Eigenvalue density per method (one panel each, one line per seed), log density as in PyHessian's
+    papers. Every curve is re-smoothed with one Gaussian width (1% of the figure's eigenvalue range) on
+    one grid, and the panels share both axes, so the spectra compare across methods."""
+    from .hessian import smooth_density
+
+    series = _series(frame)
+    lo = min(float(np.min(n)) for n in frame["nodes"])
+    hi = max(float(np.max(n)) for n in frame["nodes"])
+    sigma = 0.01 * (hi - lo) if hi > lo else 1e-3 * max(abs(hi), 1.0)
+    grid = np.linspace(lo - 5 * sigma, hi + 5 * sigma, points)
+    fig = Figure(figsize=(3.2 * len(series) + 0.6, 3.3), layout="constrained")
+    axes = fig.subplots(1, len(series), squeeze=False, sharex=True, sharey=True)[0]
+    top = 0.0
+    for ax, (method, setting) in zip(axes, series, strict=True):
+        s = frame[(frame["method_label"] == method) & (frame["setting"] == setting)].sort_values("seed")
+        for k, (_, r) in enumerate(s.iterrows()):
+            curve = smooth_density(r["nodes"], r["weights"], sigma, grid)
+            top = max(top, float(curve.max()))
+            ax.plot(grid, np.maximum(curve, 1e-300), color=_colour(method), lw=1.2,
+                    alpha=1.0 if k == 0 else 0.55, ls=("-", "--", ":", "-.")[k % 4], label=f"seed {r['seed']}")
+        ax.axvline(0.0, color="k", lw=0.6, ls=":")
+        ax.set_title(series_label(method, setting), color=_colour(method), fontsize=10)
+        ax.set_xlabel("eigenvalue")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0].set(ylabel="density (log)", yscale="log")
+    if top > 0:
+        axes[0].set_ylim(top * 1e-7, top * 3)
+    fig.suptitle(title)
+    return fig
+
+
+def density_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per method: the largest and the most negative Ritz value of the density and the weight below zero,
+    mean ± std over the seeds with a density."""
+    from .flatness import density_summary
+    from .report import fmt_pm, fmt_sig
+
+    recs = []
+    for method, setting in _series(frame):
+        s = frame[(frame["method_label"] == method) & (frame["setting"] == setting)]
+        got = pd.DataFrame([density_summary(n, w) for n, w in zip(s["nodes"], s["weights"], strict=True)])
+        mean, std = got.mean(), got.std() if len(got) > 1 else got.mean() * math.nan
+        recs.append({"Method": series_label(method, setting), "Seeds": " ".join(str(x) for x in sorted(s["seed"])),
+                     "Largest eigenvalue": fmt_sig(mean["largest"], std["largest"]),
+                     "Most negative eigenvalue": fmt_sig(mean["smallest"], std["smallest"]),
+                     "Mass below 0 (%)": fmt_pm(100 * mean["negative_mass"], 100 * std["negative_mass"])})
+    return pd.DataFrame(recs)
+
+
 # ---- which figures the data allow ----------------------------------------------------------------
 def save_overhead_figure(panels: Sequence[Any], folder: Path) -> FigureFile:
     png, pdf = save_figure(plot_overhead(panels, "Step time per method (× SGD's)"), folder / "overhead_steps")
     return FigureFile("Step time per method, every overhead measurement",
                       "Median step time / SGD's over interleaved rounds (bars: quartiles); black ticks: the "
-                      "suite's upper targets on that device; hatched: the official SAF store design.", png, pdf)
+                      "suite's upper targets on that device; hatched: the official SAF store design.", png, pdf,
+                      section="cost")
 
+
+
+def cost_targets(curves: pd.DataFrame, points: pd.DataFrame) -> dict[str, float]:
+    """model -> the base optimizer's final test accuracy (mean over seeds of its last epoch), when there is
+    exactly one base cell of the model (else the dashed line would be ambiguous)."""
+    from .time_to_target import BASE_LABELS
+
+    out: dict[str, float] = {}
+    for model in dict.fromkeys(list(curves.get("model_key", [])) + list(points.get("model_key", []))):
+        c = curves[(curves["model_key"] == model) & curves["method_label"].isin(BASE_LABELS)] if len(curves) \
+            else curves
+        if len(c) and len(set(zip(c["method_label"], c["setting"], strict=True))) == 1:
+            last = c[c["epoch"] == c["epoch"].max()]
+            out[model] = float(last["test_acc"].mean())
+            continue
+        p = points[(points["model_key"] == model) & points["method_label"].isin(BASE_LABELS)] if len(points) \
+            else points
+        if len(p) and len(set(zip(p["method_label"], p["setting"], strict=True))) == 1 and not len(c):
+            out[model] = float(p["final_test_acc"].mean())
+    return out
 
 
 def _final_points(rows: pd.DataFrame) -> pd.DataFrame:
@@ -388,22 +557,23 @@ def _final_points(rows: pd.DataFrame) -> pd.DataFrame:
     done = ok["epochs_completed"] if "epochs_completed" in ok.columns else ok.get("epochs")
     samples = ok["num_samples"] if "num_samples" in ok.columns else np.nan
     ok["images"] = pd.to_numeric(samples, errors="coerce") * pd.to_numeric(done, errors="coerce")
+    ok["epochs_done"] = pd.to_numeric(done, errors="coerce")
     return ok
 
 
 def make_figures(rows: pd.DataFrame, cells: pd.DataFrame, folder: Path) -> list[FigureFile]:
     """Every figure the stored data allow, per dataset (and per model for landscapes)."""
-    from .landscape import load_landscape
-
     made: list[FigureFile] = []
 
     def save(fig: Figure, name: str, title: str, caption: str) -> None:
         png, pdf = save_figure(fig, folder / name)
-        made.append(FigureFile(title, caption, png, pdf))
+        made.append(FigureFile(title, caption, png, pdf,
+                               section="cost" if name.startswith(("throughput", "cost")) else "flatness"))
 
     curves_all = epoch_curves(rows)
     hess_all = hessian_curves(rows)
     land_all = landscape_files(rows)
+    dens_all = density_files(rows)
     for d in dict.fromkeys(rows["dataset"].astype(str)):
         name = dataset_name(d)
         c = cells[cells["dataset"] == d]
@@ -421,42 +591,86 @@ def make_figures(rows: pd.DataFrame, cells: pd.DataFrame, folder: Path) -> list[
                     zip(points["model_key"], points["method_label"], points["setting"], strict=True)]
             points = points[keep]
         if len(curves) or len(points):
-            save(plot_cost(curves, points, f"{name}: accuracy vs training cost"), f"cost_{slug(d)}",
-                 f"{name}: accuracy against training cost",
-                 "Test accuracy after each epoch (mean over seeds) against cumulative training time and "
-                 "training images processed.")
-        if len(curves):
-            save(plot_accuracy_epochs(curves, f"{name}: test accuracy over epochs"),
-                 f"accuracy_epochs_{slug(d)}", f"{name}: test accuracy over epochs",
-                 "Mean over seeds; the band is ± one std.")
+            targets = cost_targets(curves, points)
+            save(plot_cost(curves, points, f"{name}: test accuracy against training cost", targets),
+                 f"cost_{slug(d)}", f"{name}: test accuracy against training time and epochs",
+                 "Test accuracy after each epoch, mean over seeds (right: band of ± one std), against the "
+                 "cumulative training time (the sum of the epochs' epoch_time_s, evaluation excluded) and "
+                 "against epochs; dashed: the base optimizer's final accuracy, the target of the "
+                 "time-to-target table.")
         hess = hess_all[hess_all["dataset"] == d] if len(hess_all) else hess_all
         if c["lambda_max_mean"].notna().any() or len(hess):
             save(plot_lambda(c, hess, rf"{name}: Hessian $\lambda_{{\max}}$"), f"lambda_max_{slug(d)}",
                  f"{name}: λ_max per method and over epochs",
                  "Largest Hessian eigenvalue of the training loss on fixed samples; mean ± std over seeds.")
+        dens = dens_all[dens_all["dataset"] == d] if len(dens_all) else dens_all
+        for model in dict.fromkeys(dens.get("model_key", [])):
+            dm = dens[dens["model_key"] == model]
+            png, pdf = save_figure(plot_hessian_density(dm, f"{name} / {model}: Hessian eigenvalue density"),
+                                   folder / f"hessian_density_{slug(d)}_{slug(model)}")
+            runs = int(dm["n_v"].iloc[0]) if not is_missing(dm["n_v"].iloc[0]) else "?"
+            made.append(FigureFile(
+                f"{name} / {model}: Hessian eigenvalue density", "Stochastic Lanczos quadrature of the training "
+                f"loss's Hessian on {dm['samples'].iloc[0]} fixed samples ({runs} × {dm['n_iter'].iloc[0]} Lanczos "
+                "steps per run), smoothed with one Gaussian width for every curve; log density. The extreme "
+                "Ritz values (below) estimate the largest and the most negative eigenvalue.", png, pdf,
+                extra="\n" + render_markdown(density_table(dm))))
         land = land_all[land_all["dataset"] == d] if len(land_all) else land_all
         for model in dict.fromkeys(land.get("model_key", [])):
-            lm = land[land["model_key"] == model]
-            entries = []
-            surfaces = lm[lm["kind"].isin(["1d", "2d"])]
-            for method, setting in _series(surfaces):
-                s = surfaces[(surfaces["method_label"] == method) & (surfaces["setting"] == setting)]
-                seed = s["seed"].min()  # one run per method: the lowest seed with a landscape
-                s = s[s["seed"] == seed]
-                got = {k: load_landscape(p)[0] for k, p in zip(s["kind"], s["path"], strict=True)}
-                entries.append((f"{series_label(method, setting)} (seed {seed})", method, got.get("1d"),
-                                got.get("2d")))
-            if entries:
-                save(plot_landscapes(entries, f"{name} / {model}: loss landscapes"),
-                     f"landscape_{slug(d)}_{slug(model)}", f"{name} / {model}: 1D and 2D loss landscapes",
-                     "Filter-normalised random directions around each method's final weights; 2D maps share "
-                     "one colour scale.")
-            lines = lm[lm["kind"] == "line"]
-            if len(lines):
-                drawn = [(f"{series_label(m, st)} (seed {sd}) → {to or '?'}", load_landscape(p)[0])
-                         for m, st, sd, to, p in zip(lines["method_label"], lines["setting"], lines["seed"],
-                                                     lines["to_method"], lines["path"], strict=True)]
-                save(plot_interpolation(drawn, f"{name} / {model}: interpolation between final models"),
-                     f"interpolation_{slug(d)}_{slug(model)}", f"{name} / {model}: interpolation line",
-                     "Loss and accuracy at (1 − α)·θ_a + α·θ_b between two final models (e.g. SGD → SAF).")
+            made.extend(_landscape_figures(land[land["model_key"] == model], name, d, model, folder))
+    return made
+
+
+def _landscape_seed(frame: pd.DataFrame) -> Any:
+    """The seed whose runs have landscapes for the most methods (the lowest on a tie): one seed per figure,
+    so every method is seen from the same initialisation and data order."""
+    counts = frame.groupby("seed")["method_label"].nunique()
+    return min(counts.index, key=lambda s: (-counts[s], s))
+
+
+def _landscape_figures(lm: pd.DataFrame, name: str, d: str, model: str, folder: Path) -> list[FigureFile]:
+    """The 1D figure (all methods on one axis + interpolation lines) and the 2D contour / 3D surface
+    figures of one model, from one seed's runs."""
+    from .landscape import load_landscape
+
+    made: list[FigureFile] = []
+    surfaces = lm[lm["kind"].isin(["1d", "2d"])]
+    lines = lm[lm["kind"] == "line"]
+    seed = _landscape_seed(surfaces if len(surfaces) else lines)
+    surfaces = surfaces[surfaces["seed"] == seed]
+    if (lines["seed"] == seed).any():
+        lines = lines[lines["seed"] == seed]
+    one, two = [], []
+    for method, setting in _series(surfaces):
+        s = surfaces[(surfaces["method_label"] == method) & (surfaces["setting"] == setting)]
+        for kind, path in zip(s["kind"], s["path"], strict=True):
+            (one if kind == "1d" else two).append((series_label(method, setting), method, load_landscape(path)[0]))
+    drawn = [(f"{series_label(m, st)} → {to or '?'}" + ("" if sd == seed else f" (seed {sd})"),
+              load_landscape(p)[0])
+             for m, st, sd, to, p in zip(lines["method_label"], lines["setting"], lines["seed"],
+                                         lines["to_method"], lines["path"], strict=True)]
+    stem = f"{slug(d)}_{slug(model)}"
+
+    def save(fig: Figure, prefix: str, title: str, caption: str) -> None:
+        png, pdf = save_figure(fig, folder / f"{prefix}_{stem}")
+        made.append(FigureFile(title, caption, png, pdf))
+
+    if one or drawn:
+        save(plot_landscape_1d(one, drawn, f"{name} / {model}: 1D loss landscapes (seed {seed})"),
+             "landscape_1d", f"{name} / {model}: 1D landscapes of every method, and the interpolation line",
+             f"Left: training loss (log scale) on fixed samples along one filter-normalised random direction "
+             f"around each method's final weights of seed {seed}, all methods on the same α range. Right: "
+             "loss (black) and accuracy (green) on the straight line between two final models; α = 0 and 1 "
+             "are the two models.")
+    if two:
+        levels = landscape_levels([np.asarray(r["loss"], dtype=float) for _, _, r in two])
+        scale = f"{levels[0]:.3g} to {levels[-1]:.3g}"
+        save(plot_landscape_2d(two, f"{name} / {model}: 2D loss landscapes (seed {seed})"),
+             "landscape_2d", f"{name} / {model}: 2D loss contours on one colour scale",
+             f"Training loss on a plane of two filter-normalised random directions around each method's final "
+             f"weights (star), seed {seed}. Every map uses the same {len(levels)} log-spaced levels from the "
+             f"lowest loss to {LANDSCAPE_CAP_RATIO:g}× it ({scale}); higher losses take the last colour.")
+        save(plot_landscape_3d(two, f"{name} / {model}: 2D loss surfaces (seed {seed})"),
+             "landscape_3d", f"{name} / {model}: 2D loss surfaces",
+             f"The same planes as surfaces of the loss on a log axis, clipped to the same range ({scale}).")
     return made

@@ -29,7 +29,7 @@ from bench.errors import UsageError
 from . import claims
 
 # results/reference/ in a checkout (analysis/reference links to it); package data in a wheel.
-REFERENCE_CSV = Path(__file__).resolve().parent / "reference" / "paper_results.csv"
+REFERENCE_CSV = (Path(__file__).resolve().parent / "reference" / "paper_results.csv").resolve()
 REFERENCE_COLUMNS = ("source", "table", "dataset", "model", "method", "top1_acc", "top1_std",
                      "images_per_s", "throughput_vs_base", "notes")
 PAPER_SOURCE = "SAF"  # reference rows whose source starts with this are the paper's own tables
@@ -554,6 +554,7 @@ class TableFile:
     markdown: str
     files: dict[str, Path]  # "md", "tex", "csv"
     notes: list[str] = field(default_factory=list)
+    kind: str = ""  # "paper", "dataset" or "cost": the report section it belongs to
 
 
 @dataclass
@@ -566,7 +567,7 @@ class Report:
 
 
 def write_table(out: Path, stem: str, title: str, numbers: pd.DataFrame, shown: pd.DataFrame,
-                 extra_md: str = "", notes: Sequence[str] = ()) -> TableFile:
+                 extra_md: str = "", notes: Sequence[str] = (), kind: str = "") -> TableFile:
     folder = out / TABLES_DIR
     md = f"### {title}\n\n{render_markdown(shown)}"
     if notes:
@@ -576,21 +577,27 @@ def write_table(out: Path, stem: str, title: str, numbers: pd.DataFrame, shown: 
     io.write_text(files["md"], md)
     io.write_text(files["tex"], render_latex(shown, title, f"tab:{stem}"))
     io.write_csv(files["csv"], numbers)
-    return TableFile(title, md, files, list(notes))
+    return TableFile(title, md, files, list(notes), kind)
 
 
 def build_tables(rows: pd.DataFrame, agg: pd.DataFrame, reference: pd.DataFrame,
                  out: Path) -> list[TableFile]:
-    """Write the paper's tables, one table per dataset, and the machine-readable aggregates."""
+    """Write the paper's tables, one table per dataset, and the machine-readable aggregates.
+
+    A paper table shows (md, tex) only its rows with at least one run of ours; its csv keeps every row
+    with the published numbers. A paper table without any run of ours is not written (see
+    `tables_without_ours`); the full published tables stay in the reference CSV.
+    """
     tables = paper_tables(reference)
     written = []
-    # Tables with results of ours first: they are what the report is about.
-    order = sorted(tables, key=lambda t: (not agg["dataset"].isin(tables[t]).any(), list(tables).index(t)))
-    for name in order:
+    for name in tables:
         numbers = paper_table(agg, reference, name)
+        shown = numbers[has_ours(numbers)]
+        if shown.empty:
+            continue
         title = f"Paper {name} ({', '.join(dataset_name(d) for d in tables[name])}): ours vs the paper"
-        written.append(write_table(out, f"paper_{slug(name)}", title, numbers, format_paper_table(numbers),
-                                    notes=paper_notes(numbers)))
+        written.append(write_table(out, f"paper_{slug(name)}", title, numbers, format_paper_table(shown),
+                                   notes=paper_notes(shown), kind="paper"))
     datasets = list(dict.fromkeys(rows["dataset"].astype(str)))
     for d in sorted(datasets, key=lambda d: (d in {x for ds in tables.values() for x in ds}, d)):
         numbers = dataset_table(agg, reference, d)
@@ -602,9 +609,64 @@ def build_tables(rows: pd.DataFrame, agg: pd.DataFrame, reference: pd.DataFrame,
         grids = sorted({g for gs in numbers["grids"] for g in str(gs).split(", ") if g})
         title = f"{dataset_name(d)}: every method (from {', '.join(grids)})"
         written.append(write_table(out, f"dataset_{slug(d)}", title, numbers, format_dataset_table(numbers),
-                                    extra_md=extra))
+                                   extra_md=extra, kind="dataset"))
     io.write_csv(out / TABLES_DIR / "cells.csv", agg)
     io.write_csv(out / TABLES_DIR / "runs.csv", rows)
+    return written
+
+
+def has_ours(table: pd.DataFrame) -> pd.Series:
+    """Rows of a paper_table with at least one run of ours (finished, diverged or failed) on any dataset."""
+    counts = [c for c in table.columns if c.endswith(("_n", "_n_diverged", "_n_failed"))]
+    if not counts:
+        return pd.Series(False, index=table.index)
+    return table[counts].fillna(0).sum(axis=1) > 0
+
+
+def tables_without_ours(agg: pd.DataFrame, reference: pd.DataFrame) -> list[str]:
+    """The paper's tables on whose datasets we have no run, as "Table 1 (ImageNet)"."""
+    return [f"{t} ({', '.join(dataset_name(d) for d in ds)})" for t, ds in paper_tables(reference).items()
+            if not agg["dataset"].isin(ds).any()]
+
+
+def runs_overview(rows: pd.DataFrame) -> pd.DataFrame:
+    """What was measured, one line per (results folder, dataset, model): methods, seeds, epochs, runs."""
+    recs = []
+    keys = [k for k in ("grid", "dataset", "model_key") if k in rows.columns]
+    for key, g in rows.groupby(keys, sort=True, dropna=False):
+        rec = dict(zip(["Folder", "Dataset", "Model"], key, strict=False))
+        rec["Dataset"] = dataset_name(str(rec.get("Dataset", "")))
+        methods = list(dict.fromkeys(g["method_label"]))
+        rank = _method_rank(methods)
+        rec["Methods"] = ", ".join(sorted(methods, key=lambda m: rank[m]))
+        rec["Seeds"] = " ".join(_value_text(x) for x in sorted(g["seed"].dropna().unique())) if "seed" in g else MISSING
+        epochs = g["epochs"].dropna().unique() if "epochs" in g else []
+        rec["Epochs"] = ", ".join(_value_text(e) for e in sorted(epochs)) or MISSING
+        status = g["status"].value_counts()
+        rec["Runs"] = f"{len(g)}" + (" (" + ", ".join(f"{n} {st}" for st, n in status.items()) + ")"
+                                     if set(status.index) != {"finished"} else "")
+        devices = g["device_name"].dropna().astype(str).unique() if "device_name" in g else []
+        rec["Device"] = "; ".join(devices) or MISSING
+        recs.append(rec)
+    return pd.DataFrame(recs)
+
+
+def time_to_target_tables(rows: pd.DataFrame, out: Path) -> list[TableFile]:
+    """Per dataset with metrics.csv curves and a base cell: seconds until each method first reaches the
+    base optimizer's final accuracy (analysis.time_to_target)."""
+    from .plots import epoch_curves
+    from .time_to_target import format_time_to_target, time_to_target
+
+    numbers = time_to_target(epoch_curves(rows))
+    written = []
+    for d in dict.fromkeys(numbers.get("dataset", [])):
+        t = numbers[numbers["dataset"] == d].reset_index(drop=True)
+        written.append(write_table(
+            out, f"time_to_target_{slug(d)}", f"{dataset_name(d)}: training time until the base's final accuracy",
+            t, format_time_to_target(t), kind="cost",
+            notes=["Read off each method's mean curve over seeds (metrics.csv): the first epoch whose mean test "
+                   "accuracy reaches the base optimizer's final mean accuracy, and the mean cumulative training "
+                   "time (epoch_time_s, evaluation excluded) up to it; never: no epoch reaches it."]))
     return written
 
 
@@ -672,11 +734,23 @@ class CostSection:
     provenance: list[str]
 
 
+def _figure_markdown(f: Any, report_dir: Path) -> str:
+    png, pdf = _rel(f.png, report_dir), _rel(f.pdf, report_dir)
+    return (f"### {f.title}\n\n![{f.title}]({png})\n\n"
+            f"{f.caption} Files: [PNG]({png}) · [PDF]({pdf})\n" + getattr(f, "extra", ""))
+
+
 def report_markdown(report_dir: Path, rows: pd.DataFrame, tables: Sequence[TableFile],
                     figures: Sequence[Any], regenerate: str, reference: str,
                     conclusions: Sequence[tuple[str, str]] = (), cost: CostSection | None = None,
-                    claim_tables: Sequence[TableFile] = ()) -> str:
+                    skipped: Sequence[str] = (), claim_tables: Sequence[TableFile] = ()) -> str:
+    """REPORT.md, top-down: what was measured (the runs, their tables), conclusions, the claims judged, cost,
+    flatness, the paper's tables (only rows with a run of ours), then how to regenerate and the provenance."""
     status = rows["status"].value_counts()
+    by_kind = {k: [t for t in tables if getattr(t, "kind", "") == k] for k in ("dataset", "cost", "paper")}
+    other = [t for t in tables if getattr(t, "kind", "") not in by_kind]
+    section = {"cost": [f for f in figures if getattr(f, "section", "") == "cost"]}
+    section["flatness"] = [f for f in figures if f not in section["cost"]]
     parts = [
         "# safbench report\n",
         f"Generated from {len(rows)} stored runs ({', '.join(f'{n} {s}' for s, n in status.items())}) in "
@@ -684,13 +758,14 @@ def report_markdown(report_dir: Path, rows: pd.DataFrame, tables: Sequence[Table
         "Every number comes from the stored rows (mean ± sample std over finished seeds; accuracy is the "
         f"final test accuracy in %); the published numbers come from `{reference}`. A missing cell is shown "
         f"as {MISSING}; diverged and failed runs are counted, not averaged.\n",
-        "## How to regenerate\n",
-        f"```\n{regenerate}\n```\n",
-        "Re-running the commands listed under Provenance recreates the underlying runs.\n",
+        "## What was measured\n",
+        render_markdown(runs_overview(rows)),
     ]
+    for t in by_kind["dataset"] + other:
+        parts.append(_table_markdown(t, report_dir))
     if conclusions:
         parts.append("## Conclusions\n")
-        parts.append(f"Written by hand from the tables below (kept in each results folder's `{NOTES}`).\n")
+        parts.append(f"Written by hand from the tables of this report (kept in each results folder's `{NOTES}`).\n")
         for folder, text in conclusions:
             parts.append(f"### From `{folder}`\n\n{text}\n")
     if claim_tables:
@@ -702,11 +777,14 @@ def report_markdown(report_dir: Path, rows: pd.DataFrame, tables: Sequence[Table
                      f"{claims.NOT_REPRODUCED} when wholly on the other, {claims.INCONCLUSIVE} otherwise.\n")
         for t in claim_tables:
             parts.append(_table_markdown(t, report_dir))
-    parts.append("## Tables\n")
-    for t in tables:
-        parts.append(_table_markdown(t, report_dir))
+    if by_kind["cost"] or cost is not None or section["cost"]:
+        parts.append("## Cost\n")
+        for t in by_kind["cost"]:
+            parts.append(_table_markdown(t, report_dir))
+        for f in section["cost"]:
+            parts.append(_figure_markdown(f, report_dir))
     if cost is not None:
-        parts.append("## Cost per step (safbench overhead)\n")
+        parts.append("### Cost per step (safbench overhead)\n")
         parts.append(f"From the CSVs in `{cost.folder}`: every method timed in one process on the same model "
                      "and batch, interleaved round by round, so the ratios to SGD hold even on a machine whose "
                      "speed drifts; the absolute images/s are not comparable across files. The runs' own "
@@ -714,13 +792,25 @@ def report_markdown(report_dir: Path, rows: pd.DataFrame, tables: Sequence[Table
                      "and move with the machine's load; where the two disagree, trust these.\n")
         for t in cost.tables:
             parts.append(_table_markdown(t, report_dir))
-    parts.append("## Figures\n")
-    if not figures:
+    if section["flatness"]:
+        parts.append("## Flatness\n")
+        parts.append("λ_max and the Hessian trace per method are in the tables above; the figures below draw "
+                     "the Hessian spectrum and the loss landscapes of the stored runs.\n")
+        for f in section["flatness"]:
+            parts.append(_figure_markdown(f, report_dir))
+    elif not figures:
         parts.append("No figures (nothing to plot, or --no-figures).\n")
-    for f in figures:
-        png, pdf = _rel(f.png, report_dir), _rel(f.pdf, report_dir)
-        parts.append(f"### {f.title}\n\n![{f.title}]({png})\n\n"
-                     f"{f.caption} Files: [PNG]({png}) · [PDF]({pdf})\n")
+    parts.append("## Against the paper's tables\n")
+    pointer = (f"Only rows with at least one run of ours are shown (each table's csv keeps every row); the full "
+               f"published tables are in `{reference}`.")
+    if skipped:
+        pointer += f" No run of ours for paper {'; '.join(skipped)}."
+    parts.append(pointer + "\n")
+    for t in by_kind["paper"]:
+        parts.append(_table_markdown(t, report_dir))
+    parts.append("## How to regenerate\n")
+    parts.append(f"```\n{regenerate}\n```\n")
+    parts.append("Re-running the commands listed under Provenance recreates the underlying runs.\n")
     parts.append("## Provenance\n")
     cmds = commands(rows)
     parts.append("Commands that made the runs (deduplicated):\n")
@@ -759,6 +849,7 @@ def build_report(results: str | Path = "results", out: str | Path | None = None,
     (out / TABLES_DIR).mkdir(parents=True, exist_ok=True)
     agg = aggregate(rows)
     tables = build_tables(rows, agg, reference_frame, out)
+    tables += time_to_target_tables(rows, out)
     cost, steps = None, None
     if found:
         cost_tables, steps = overhead_report.build_overhead_tables(found, reference_frame, out)
@@ -787,5 +878,6 @@ def build_report(results: str | Path = "results", out: str | Path | None = None,
         f" --overhead {overhead}" if overhead is not None else "") + ("" if figures else " --no-figures")
     path = out / REPORT
     io.write_text(path, report_markdown(out, rows, tables, made, regenerate, _shown_path(ref_path),
-                                        notes(results), cost, claim_tables))
+                                        notes(results), cost, tables_without_ours(agg, reference_frame),
+                                        claim_tables))
     return Report(out, path, tables + claim_tables + (cost.tables if cost else []), made, rows)

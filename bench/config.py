@@ -29,7 +29,7 @@ SCHEDULES = ("cosine", "step", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto",) + optimizers.PRECISIONS
 # Keys that say where or how to run, not what: they do not change the cell's identity.
-NON_IDENTITY_KEYS = ("out", "data_root", "download", "num_workers", "device", "progress", "compile")
+NON_IDENTITY_KEYS = ("out", "data_root", "download", "num_workers", "device", "progress", "compile", "tensorboard")
 # The method keys every run identity has carried since the first release (None where they do not apply).
 # Keys added since join the identity only when set away from their default, so adding a key renames no run.
 _V1_METHOD_KEYS = ("rho", "adaptive", "beta", "gamma", "lam", "tau", "e_tilde", "e_start", "ema_decay", "store_dtype")
@@ -88,6 +88,7 @@ class RunConfig:
     eval_batch_size: int | None = _key(None, "evaluation batch size (default: batch_size)")
     out: str = _key("runs", "folder for run directories")
     progress: bool = _key(True, "progress bars on a terminal")
+    tensorboard: bool = _key(False, "also write each epoch's metrics row as TensorBoard scalars (run dir/tensorboard)")
     # Flatness at the end of the run (and at chosen epochs): writes hessian.json / hessian_epochs.csv.
     hessian: bool = _key(False, "lambda_max and trace of the final model's Hessian (hessian.json)")
     hessian_epochs: list[int] = _key(help="epochs after which to also measure the Hessian", default_factory=list)

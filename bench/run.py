@@ -38,6 +38,7 @@ from .models import count_parameters, create_model
 from .provenance import provenance
 from .sharpness import sam_sharpness
 from .schedules import base_optimizer, lr_range, lr_scheduler
+from .tensorboard_log import TensorBoardLog
 
 CHECKPOINT = "checkpoint.pt"
 SUMMARY = "summary.json"
@@ -134,6 +135,7 @@ class Run:
             **self.config.method_kwargs(num_samples=self.data.num_samples, num_classes=self.data.num_classes,
                                         lr_range=lr_range(self.config)))
         self.sharpness_batches = self._sharpness_batches() if self.config.sharpness else None
+        self.tensorboard = TensorBoardLog(self.run_dir) if self.config.tensorboard and self.info.is_main else None
         self.rows: list[dict[str, Any]] = []
         self.start_epoch = 0
         self.elapsed_s = 0.0
@@ -226,6 +228,8 @@ class Run:
                 self._save_checkpoint(epoch + 1)
                 if self.info.is_main:
                     io.write_csv(self.run_dir / METRICS, pd.DataFrame(self.rows))
+                    if self.tensorboard is not None:
+                        self.tensorboard.log(row)
                     print(self._epoch_line(row), flush=True)
             if status == "finished":
                 self._maybe_hessian(None)
@@ -237,6 +241,8 @@ class Run:
             raise
         if self.info.is_main:
             io.write_csv(self.run_dir / METRICS, pd.DataFrame(self.rows))
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         return self._write_summary(status, error)
 
     def _epoch(self, epoch: int) -> dict[str, Any]:

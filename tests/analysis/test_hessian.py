@@ -285,3 +285,44 @@ def test_cuda_matches_cpu() -> None:
     assert gpu.eigenvectors[0][0].device.type == "cuda"
     dens = hessian.density(model, batches, n_iter=20)
     assert sum(dens.weights) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("bn_train", [False, True])
+def test_kept_graphs_give_the_dense_products_with_one_gradient_pass_per_batch(bn_train: bool) -> None:
+    model = tiny_convbn()
+    g = torch.Generator().manual_seed(4)
+    batches = [(torch.randn(n, 1, 5, 5, generator=g), torch.randint(0, 2, (n,), generator=g)) for n in (5, 3)]
+    dense = dense_hessian(model, batches, bn_train=bn_train)
+    model.eval()
+    if bn_train:
+        for m in hessian_bn(model):
+            m.train()
+    kept = hessian._HessianOperator(model, batches, None, None)
+    fresh = hessian._HessianOperator(model, batches, None, None, reuse_graph=False)
+    for _ in range(3):
+        v = torch.randn(kept.dim, generator=g)
+        want = dense @ v.double()
+        assert torch.allclose(kept(v).double(), want, rtol=1e-4, atol=1e-5)
+        assert torch.allclose(fresh(v).double(), want, rtol=1e-4, atol=1e-5)
+    # Kept: forward + gradient once per batch for all products; fresh: once per batch and product.
+    assert kept.first_order_passes == len(batches) and fresh.first_order_passes == 3 * len(batches)
+
+
+def hessian_bn(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+
+
+def test_out_of_memory_with_kept_graphs_falls_back_to_recomputing(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, batches = tiny_mlp(), mlp_batches()
+    op = hessian._HessianOperator(model, batches, None, None)
+    v = torch.randn(op.dim, generator=torch.Generator().manual_seed(0))
+    expected = hessian._HessianOperator(model, batches, None, None, reuse_graph=False)(v)
+    real = op._product
+
+    def no_room(vs: list, reuse: bool) -> torch.Tensor:
+        if reuse:
+            raise torch.OutOfMemoryError("kept graphs do not fit")
+        return real(vs, reuse)
+
+    monkeypatch.setattr(op, "_product", no_room)
+    assert torch.allclose(op(v), expected) and not op.reuse_graph and op._graphs is None

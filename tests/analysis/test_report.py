@@ -83,12 +83,13 @@ def _build(tmp: Path) -> Built:
     _run({**TINY, "method": "sgd", "dataset": "fashionmnist", "epochs": 1, "batch_size": 16,
           "train_subset": 32, "data_root": str(fashion), "out": str(results / "fashionmnist")}, commands)
     if HAS_FLATNESS:
-        from analysis.flatness import landscape_for_run_dir
+        from analysis.flatness import density_for_run_dir, landscape_for_run_dir
 
         seed0 = {d.name.split("-")[2]: d for d in (results / "synthetic").iterdir() if "-s0-" in d.name}
         for d in seed0.values():
             landscape_for_run_dir(d, dim=1, samples=32, resolution=7, device="cpu")
             landscape_for_run_dir(d, dim=2, samples=32, resolution=5, device="cpu")
+            density_for_run_dir(d, samples=32, n_iter=8, device="cpu")
         landscape_for_run_dir(seed0["sgd"], line_to=seed0["saf"], samples=32, resolution=7, device="cpu")
     out = tmp / "report"
     return Built(results, out, rp.build_report(results, out), commands)
@@ -134,12 +135,12 @@ def _close(shown: str, value: float, digits: int) -> None:
 
 
 # ---- files and links ----------------------------------------------------------------------------
-TABLES = ("paper_table_3", "paper_table_1", "dataset_synthetic", "dataset_cifar10", "dataset_fashionmnist")
-FIGURES = ("throughput_synthetic", "cost_synthetic", "accuracy_epochs_synthetic", "throughput_cifar10",
-           "cost_cifar10", "accuracy_epochs_cifar10", "throughput_fashionmnist",
-           "accuracy_epochs_fashionmnist")
-FLATNESS_FIGURES = ("lambda_max_synthetic", "landscape_synthetic_mlp_tiny",
-                    "interpolation_synthetic_mlp_tiny")
+TABLES = ("paper_table_3", "dataset_synthetic", "dataset_cifar10", "dataset_fashionmnist",
+          "time_to_target_synthetic", "time_to_target_cifar10", "time_to_target_fashionmnist")
+FIGURES = ("throughput_synthetic", "cost_synthetic", "throughput_cifar10", "cost_cifar10", "throughput_fashionmnist",
+           "cost_fashionmnist")
+FLATNESS_FIGURES = ("lambda_max_synthetic", "landscape_1d_synthetic_mlp_tiny", "landscape_2d_synthetic_mlp_tiny",
+                    "landscape_3d_synthetic_mlp_tiny", "hessian_density_synthetic_mlp_tiny")
 
 
 def test_report_writes_every_table_and_figure(built: Built) -> None:
@@ -162,7 +163,12 @@ def test_flatness_figures_come_from_the_run_files(built: Built) -> None:
     made = {f.png.stem for f in built.report.figures}
     assert set(FLATNESS_FIGURES) <= made
     # No Hessian or landscape was measured on CIFAR-10: no such figure is invented for it.
-    assert not {f for f in made if f.endswith("cifar10") and f.startswith(("lambda", "landscape", "interp"))}
+    assert not {f for f in made if "cifar10" in f and f.startswith(("lambda", "landscape", "hessian"))}
+    # The density figure quotes the extremes read off it, one row per method with a density.
+    text = built.report.report.read_text()
+    section = text.split("Hessian eigenvalue density", 1)[1]
+    assert "| Method | Seeds | Largest eigenvalue | Most negative eigenvalue | Mass below 0 (%) |" in section
+    assert all(re.search(rf"^\| {m}( \[[^]]*\])? \| 0 \|", section, re.M) for m in ("sgd", "sam", "saf"))
 
 
 def test_report_md_links_every_file_and_lists_commands(built: Built) -> None:
@@ -242,20 +248,11 @@ def test_hessian_columns_equal_pandas_aggregates(built: Built) -> None:
     assert md[("sgd", "epochs=1")]["λ_max"] == rp.MISSING  # that run measured none
 
 
-def test_paper_table_shows_missing_cells_as_missing(built: Built) -> None:
+def test_paper_table_shows_only_rows_with_runs_of_ours(built: Built) -> None:
     md = _md_rows(built.out / "tables" / "paper_table_3.md")
-    by_key = {(m["Model"], m["Method"]): m for m in md}
-    ref = rp.load_reference()
-    paper = ref[(ref["table"] == "Table 3") & ref["source"].str.startswith("SAF")]
-    # Every (model, method) of the paper is a row, with the paper's numbers and none of ours.
-    for _, p in paper.iterrows():
-        row = by_key[(p["model"], p["method"])]
-        name = rp.dataset_name(p["dataset"])
-        _close(row[f"{name} paper acc (%)"], p["top1_acc"], 2)
-        _close(row[f"{name} paper img/s"], p["images_per_s"], 0)
-        for col in ("seeds", "acc (%)", "Δ acc", "img/s", "share of base"):
-            assert row[f"{name} {col}"] == rp.MISSING
     # Ours on CIFAR-10 (mlp_tiny): our numbers, the paper's missing, CIFAR-100 entirely missing.
+    assert sorted((m["Model"], m["Method"]) for m in md) == [("mlp_tiny", "saf"), ("mlp_tiny", "sgd")]
+    by_key = {(m["Model"], m["Method"]): m for m in md}
     runs = _summaries(built.results)
     ours = runs[runs["dataset"] == "cifar10"].set_index("method")
     for method in ("sgd", "saf"):
@@ -263,9 +260,20 @@ def test_paper_table_shows_missing_cells_as_missing(built: Built) -> None:
         _close(row["CIFAR-10 acc (%)"], 100 * ours.loc[method, "final_test_acc"], 2)
         assert row["CIFAR-10 paper acc (%)"] == row["CIFAR-10 Δ acc"] == rp.MISSING
         assert all(v == rp.MISSING for k, v in row.items() if k.startswith("CIFAR-100"))
-    imagenet = _md_rows(built.out / "tables" / "paper_table_1.md")
-    assert {m["ImageNet acc (%)"] for m in imagenet} == {rp.MISSING}
-    assert ("vit_small_patch32_224", "adamw") in {(m["Model"], m["Method"]) for m in imagenet}
+    # The csv keeps every (model, method) of the paper with the paper's numbers and none of ours.
+    csv = pd.read_csv(built.out / "tables" / "paper_table_3.csv", keep_default_na=False, na_values=[""])
+    csv_keys = {(r["model"], r["method"]): r for _, r in csv.iterrows()}
+    ref = rp.load_reference()
+    paper = ref[(ref["table"] == "Table 3") & ref["source"].str.startswith("SAF")]
+    for _, p in paper.iterrows():
+        row = csv_keys[(p["model"], p["method"])]
+        assert row[f"{p['dataset']}_paper_acc"] == pytest.approx(p["top1_acc"])
+        assert row[f"{p['dataset']}_n"] == 0 and math.isnan(row[f"{p['dataset']}_acc_mean"])
+    # No ImageNet run: Table 1 is not written, and the report says so in its one-line pointer.
+    assert not (built.out / "tables" / "paper_table_1.md").exists()
+    text = built.report.report.read_text()
+    pointer = text.split("## Against the paper's tables", 1)[1].split("\n\n")[1]
+    assert "Table 1 (ImageNet)" in pointer and "results/reference/paper_results.csv" in pointer
 
 
 def test_outside_reference_rows_sit_beside_the_dataset_table(built: Built) -> None:
@@ -295,7 +303,8 @@ def test_paper_numbers_come_from_the_reference_csv(built: Built, tmp_path: Path)
     out = tmp_path / "report"
     rp.build_report(built.results, out, edited, figures=False)
     md = {(m["Model"], m["Method"]): m for m in _md_rows(out / "tables" / "paper_table_3.md")}
-    assert md[("resnet18", "sgd")]["CIFAR-10 paper acc (%)"].startswith("12.34")
+    edited_csv = pd.read_csv(out / "tables" / "paper_table_3.csv")
+    assert edited_csv.query("model == 'resnet18' and method == 'sgd'")["cifar10_paper_acc"].tolist() == [12.34]
     runs = _summaries(built.results)
     ours = runs.query("dataset == 'cifar10' and method == 'sgd'")["final_test_acc"].iloc[0]
     assert md[("mlp_tiny", "sgd")]["CIFAR-10 paper acc (%)"] == "50.00 ± 1.00"
@@ -308,8 +317,8 @@ def test_paper_numbers_come_from_the_reference_csv(built: Built, tmp_path: Path)
     syn = pd.read_csv(out / "tables" / "dataset_synthetic.csv")
     assert syn.loc[syn["method"] == "sam", "ref_acc"].tolist() == [33.0]
     # The untouched report still shows the published value.
-    original = {(m["Model"], m["Method"]): m for m in _md_rows(built.out / "tables" / "paper_table_3.md")}
-    assert original[("resnet18", "sgd")]["CIFAR-10 paper acc (%)"] == "95.61 ± 0.02"
+    original = pd.read_csv(built.out / "tables" / "paper_table_3.csv")
+    assert original.query("model == 'resnet18' and method == 'sgd'")["cifar10_paper_acc"].tolist() == [95.61]
 
 
 # ---- pure functions -----------------------------------------------------------------------------
@@ -355,8 +364,8 @@ def test_cli_report(built: Built, tmp_path: Path, capsys: pytest.CaptureFixture[
     assert (out / "REPORT.md").is_file() and (out / "tables" / "paper_table_3.md").is_file()
     regenerate = f"safbench report --results {built.results} --out {out} --no-figures"
     assert regenerate in (out / "REPORT.md").read_text()
-    # the paper's two tables, the dataset table, two cost tables... and the claims of the folder with sgd and sam
-    assert "6 tables, 0 figures" in capsys.readouterr().out
+    # ... and the claims of the folder that ran both sgd and sam
+    assert "8 tables, 0 figures" in capsys.readouterr().out
     assert list((out / "tables").glob("claims_*.md")) and "## Claims" in (out / "REPORT.md").read_text()
 
 
@@ -392,7 +401,7 @@ def test_notes_are_quoted_as_conclusions(built: Built, tmp_path: Path) -> None:
     finally:
         notes.unlink()
     assert "### From `synthetic`" in text and "SAF matched SAM's accuracy on this grid." in text
-    assert text.index("## Conclusions") < text.index("## Tables")
+    assert text.index("## What was measured") < text.index("## Conclusions") < text.index("## Cost")
 
 
 @pytest.mark.skipif(not HAS_FLATNESS, reason=NO_FLATNESS)
@@ -430,3 +439,23 @@ def test_lambda_figure_draws_a_curve_only_when_there_is_one() -> None:
     two_epochs = pd.concat([final_only, final_only.assign(epoch=0, lambda_max=[1.0, 1.5])], ignore_index=True)
     fig = plot_lambda(cells, two_epochs, "t")
     assert len(fig.axes) == 2 and fig.axes[1].get_title() == "over training"
+
+
+def test_report_reads_top_down(built: Built) -> None:
+    text = built.report.report.read_text()
+    sections = ["## What was measured", "## Cost", "## Against the paper's tables", "## How to regenerate",
+                "## Provenance"]
+    if HAS_FLATNESS:
+        sections.insert(2, "## Flatness")
+    positions = [text.index(s) for s in sections]
+    assert positions == sorted(positions)
+    # First the runs of this folder: one overview line per results folder, dataset and model.
+    overview = text.split("## What was measured", 1)[1].split("###", 1)[0]
+    lines = [ln for ln in overview.splitlines() if ln.startswith("| report") or ln.startswith("| results")]
+    assert {ln.split(" | ")[0].removeprefix("| ") for ln in lines} == {
+        "results/synthetic", "results/synthetic-short", "results/cifar10", "results/fashionmnist"}
+    synthetic = next(ln for ln in lines if ln.startswith("| results/synthetic |"))
+    assert "| sgd, sam, saf | 0 1 | 2 | 6 |" in synthetic
+    # The dataset tables come before the cost section, the time-to-target table inside it.
+    assert text.index("### Synthetic: every method") < text.index("## Cost") < \
+        text.index("### Synthetic: training time until the base's final accuracy")

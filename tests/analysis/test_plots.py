@@ -1,0 +1,71 @@
+"""The report's figures drawn from hand-made stored arrays: what a reader compares must share its scale."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from matplotlib.contour import ContourSet
+
+from analysis import plots
+
+
+def _surface(scale: float, lowest: float) -> dict:
+    xs = ys = np.linspace(-1.0, 1.0, 9)
+    gx, gy = np.meshgrid(xs, ys)
+    return {"xs": xs, "ys": ys, "loss": lowest + scale * (gx**2 + 2 * gy**2),
+            "accuracy": np.full((9, 9), 0.9)}
+
+
+def _curve(scale: float, lowest: float) -> dict:
+    alphas = np.linspace(-1.0, 1.0, 11)
+    return {"alphas": alphas, "loss": lowest + scale * alphas**2, "accuracy": np.full(11, 0.9)}
+
+
+def test_levels_are_log_spaced_from_the_lowest_loss_to_the_cap() -> None:
+    a, b = _surface(1.0, 0.2), _surface(300.0, 0.5)
+    levels = plots.landscape_levels([a["loss"], b["loss"]])
+    assert levels[0] == pytest.approx(0.2)  # the lowest loss of any map
+    assert levels[-1] == pytest.approx(0.2 * plots.LANDSCAPE_CAP_RATIO)  # capped below b's 900
+    ratios = levels[1:] / levels[:-1]
+    assert np.allclose(ratios, ratios[0])  # equal steps on a log scale
+    # A cap above the highest loss is not invented: the scale stops at the data.
+    flat = plots.landscape_levels([_surface(0.1, 1.0)["loss"]])
+    assert flat[-1] == pytest.approx(1.0 + 0.1 * 3)
+    assert plots.landscape_levels([a["loss"]], cap=5.0)[-1] == pytest.approx(5.0)
+
+
+def test_levels_without_a_positive_loss_fall_back_to_linear() -> None:
+    levels = plots.landscape_levels([np.array([[-1.0, 0.0], [0.0, -2.0]])])
+    assert levels[0] == -2.0 and levels[-1] == 0.0 and np.allclose(np.diff(levels), np.diff(levels)[0])
+
+
+def test_every_2d_map_of_a_figure_uses_the_same_levels() -> None:
+    entries = [("sgd", "sgd", _surface(1.0, 0.2)), ("saf", "saf", _surface(50.0, 0.3)),
+               ("odd", "unknown", _surface(0.01, 2.0))]
+    fig = plots.plot_landscape_2d(entries, "t")
+    filled = [c for ax in fig.axes for c in ax.collections if isinstance(c, ContourSet) and c.filled]
+    assert len(filled) == 3
+    expected = plots.landscape_levels([e[2]["loss"] for e in entries])
+    for c in filled:
+        assert np.allclose(c.levels, expected)
+        assert c.norm.vmin == pytest.approx(expected[0]) and c.norm.vmax == pytest.approx(expected[-1])
+
+
+def test_1d_curves_share_one_axis_and_the_line_shares_its_loss_scale() -> None:
+    curves = [("sgd", "sgd", _curve(5.0, 0.2)), ("sam", "sam", _curve(1.0, 0.3))]
+    line = {"alphas": np.linspace(-0.25, 1.25, 7), "loss": np.full(7, 0.25), "accuracy": np.full(7, 0.9)}
+    fig = plots.plot_landscape_1d(curves, [("sgd → saf", line)], "t")
+    left, right = fig.axes[0], fig.axes[1]
+    assert len(left.get_lines()) == 3  # two methods and the α = 0 marker
+    colours = {ln.get_label(): ln.get_color() for ln in left.get_lines()}
+    assert colours["sgd"] != colours["sam"]
+    assert left.get_yscale() == "log" and left.get_xlim() == (-1.0, 1.0)
+    assert right.get_ylim() == left.get_ylim()  # one loss axis
+    assert plots.plot_landscape_1d(curves, [], "t", log_y=False).axes[0].get_yscale() == "linear"
+
+
+def test_3d_surfaces_share_one_z_range() -> None:
+    entries = [("sgd", "sgd", _surface(1.0, 0.2)), ("saf", "saf", _surface(50.0, 0.3))]
+    fig = plots.plot_landscape_3d(entries, "t")
+    assert len(fig.axes) == 2
+    assert fig.axes[0].get_zlim() == pytest.approx(fig.axes[1].get_zlim())
