@@ -857,7 +857,7 @@ def build_report(results: str | Path = "results", out: str | Path | None = None,
                            overhead_report.provenance_lines(found))
     claim_tables, claim_folders = [], claims.folders_with_claims(rows)
     for grid, labelled in claim_folders.items():
-        frame = claims.claims_frame(claims.claims_table(labelled))
+        frame = claims.claims_frame(claims.claims_table(labelled, steps=found.get("steps")))
         claim_tables.append(write_table(out, f"claims_{slug(grid)}", f"Claims judged on `{grid}`", frame,
                                         claims.format_claims(frame)))
     made = []

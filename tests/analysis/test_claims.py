@@ -97,3 +97,21 @@ def test_a_pilot_folder_with_sgd_and_sam_only_gets_the_gain_claim() -> None:
     pilot = rows[rows["cell"].isin(["sgd", "sam"])]
     table = claims_frame(claims_table(pilot))
     assert list(table["measure"]) == ["sam − sgd accuracy"] and table["verdict"].iloc[0] == REPRODUCED
+
+
+def test_throughput_claim_from_the_newest_matching_step_benchmark() -> None:
+    steps = pd.DataFrame([
+        # an older measurement, another model and another batch size must all be ignored
+        {"model": "net", "shape": "fashionmnist", "batch_size": 128, "method": "saf", "measured_at": "20260101T0",
+         "throughput_ratio_median": 0.5, "time_ratio_q1": 1.9, "time_ratio_q3": 2.1, "rounds": 5},
+        {"model": "net", "shape": "fashionmnist", "batch_size": 128, "method": "saf", "measured_at": "20260102T0",
+         "throughput_ratio_median": 0.99, "time_ratio_q1": 1.0, "time_ratio_q3": 1.02, "rounds": 7},
+        {"model": "other", "shape": "fashionmnist", "batch_size": 128, "method": "saf", "measured_at": "20260103T0",
+         "throughput_ratio_median": 0.2, "time_ratio_q1": 5.0, "time_ratio_q3": 5.0, "rounds": 5},
+        {"model": "net", "shape": "fashionmnist", "batch_size": 64, "method": "saf", "measured_at": "20260103T0",
+         "throughput_ratio_median": 0.2, "time_ratio_q1": 5.0, "time_ratio_q3": 5.0, "rounds": 5}])
+    rows = _rows(1.0, 1.0).assign(model="net", dataset="fashionmnist", batch_size=128)
+    table = claims_frame(claims_table(rows, steps=steps))
+    bench = table[table["measure"].str.contains("interleaved benchmark")].iloc[0]
+    assert bench["mean"] == pytest.approx(0.99) and bench["ci_low"] == pytest.approx(1 / 1.02)
+    assert bench["ci_high"] == pytest.approx(1.0) and bench["seeds"] == 7 and bench["verdict"] == REPRODUCED
