@@ -562,7 +562,7 @@ def _final_points(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def make_figures(rows: pd.DataFrame, cells: pd.DataFrame, folder: Path) -> list[FigureFile]:
-    """Every figure the stored data allow, per dataset (and per model for landscapes)."""
+    """Every figure the stored data allow, per results folder and dataset (and per model for landscapes)."""
     made: list[FigureFile] = []
 
     def save(fig: Figure, name: str, title: str, caption: str) -> None:
@@ -570,17 +570,22 @@ def make_figures(rows: pd.DataFrame, cells: pd.DataFrame, folder: Path) -> list[
         made.append(FigureFile(title, caption, png, pdf,
                                section="cost" if name.startswith(("throughput", "cost")) else "flatness"))
 
-    curves_all = epoch_curves(rows)
-    hess_all = hessian_curves(rows)
-    land_all = landscape_files(rows)
-    dens_all = density_files(rows)
-    for d in dict.fromkeys(rows["dataset"].astype(str)):
-        name = dataset_name(d)
-        c = cells[cells["dataset"] == d]
-        r = rows[rows["dataset"] == d]
+    # One set of figures per results folder and dataset: two folders can hold different regimes of one dataset.
+    groups = rows[["dataset", "grid"]].astype(str).drop_duplicates()
+    for d, grid in groups.itertuples(index=False):
+        folder_name = Path(grid).name
+        apart = int((groups["dataset"] == d).sum()) > 1 and slug(folder_name) != slug(d)
+        key = f"{slug(d)}_{slug(folder_name)}" if apart else slug(d)
+        name = dataset_name(d) + (f" ({folder_name})" if apart else "")
+        r = rows[(rows["dataset"].astype(str) == d) & (rows["grid"].astype(str) == grid)]
+        in_grid = cells["grids"].astype(str).str.split(", ").map(lambda gs, g=grid: g in gs) \
+            if "grids" in cells else pd.Series(True, index=cells.index)
+        c = cells[(cells["dataset"] == d) & in_grid]
+        curves_all, hess_all, land_all, dens_all = epoch_curves(r), hessian_curves(r), landscape_files(r), \
+            density_files(r)
         if c["img_s_mean"].notna().any():
             save(plot_throughput(c[c["img_s_mean"].notna()], f"{name}: training throughput"),
-                 f"throughput_{slug(d)}", f"{name}: throughput per method",
+                 f"throughput_{key}", f"{name}: throughput per method",
                  "Median images/s of the post-warm-up epochs, mean ± std over seeds; above each bar its "
                  "share of the base optimizer's throughput on the same workload and hardware.")
         curves = curves_all[curves_all["dataset"] == d] if len(curves_all) else curves_all
@@ -593,21 +598,21 @@ def make_figures(rows: pd.DataFrame, cells: pd.DataFrame, folder: Path) -> list[
         if len(curves) or len(points):
             targets = cost_targets(curves, points)
             save(plot_cost(curves, points, f"{name}: test accuracy against training cost", targets),
-                 f"cost_{slug(d)}", f"{name}: test accuracy against training time and epochs",
+                 f"cost_{key}", f"{name}: test accuracy against training time and epochs",
                  "Test accuracy after each epoch, mean over seeds (right: band of ± one std), against the "
                  "cumulative training time (the sum of the epochs' epoch_time_s, evaluation excluded) and "
                  "against epochs; dashed: the base optimizer's final accuracy, the target of the "
                  "time-to-target table.")
         hess = hess_all[hess_all["dataset"] == d] if len(hess_all) else hess_all
         if c["lambda_max_mean"].notna().any() or len(hess):
-            save(plot_lambda(c, hess, rf"{name}: Hessian $\lambda_{{\max}}$"), f"lambda_max_{slug(d)}",
+            save(plot_lambda(c, hess, rf"{name}: Hessian $\lambda_{{\max}}$"), f"lambda_max_{key}",
                  f"{name}: λ_max per method and over epochs",
                  "Largest Hessian eigenvalue of the training loss on fixed samples; mean ± std over seeds.")
         dens = dens_all[dens_all["dataset"] == d] if len(dens_all) else dens_all
         for model in dict.fromkeys(dens.get("model_key", [])):
             dm = dens[dens["model_key"] == model]
             png, pdf = save_figure(plot_hessian_density(dm, f"{name} / {model}: Hessian eigenvalue density"),
-                                   folder / f"hessian_density_{slug(d)}_{slug(model)}")
+                                   folder / f"hessian_density_{key}_{slug(model)}")
             runs = int(dm["n_v"].iloc[0]) if not is_missing(dm["n_v"].iloc[0]) else "?"
             made.append(FigureFile(
                 f"{name} / {model}: Hessian eigenvalue density", "Stochastic Lanczos quadrature of the training "
@@ -617,7 +622,7 @@ def make_figures(rows: pd.DataFrame, cells: pd.DataFrame, folder: Path) -> list[
                 extra="\n" + render_markdown(density_table(dm))))
         land = land_all[land_all["dataset"] == d] if len(land_all) else land_all
         for model in dict.fromkeys(land.get("model_key", [])):
-            made.extend(_landscape_figures(land[land["model_key"] == model], name, d, model, folder))
+            made.extend(_landscape_figures(land[land["model_key"] == model], name, key, model, folder))
     return made
 
 
@@ -649,7 +654,7 @@ def _landscape_figures(lm: pd.DataFrame, name: str, d: str, model: str, folder: 
               load_landscape(p)[0])
              for m, st, sd, to, p in zip(lines["method_label"], lines["setting"], lines["seed"],
                                          lines["to_method"], lines["path"], strict=True)]
-    stem = f"{slug(d)}_{slug(model)}"
+    stem = f"{d}_{slug(model)}"  # d: the figure key (dataset slug, plus the folder when a dataset has several)
 
     def save(fig: Figure, prefix: str, title: str, caption: str) -> None:
         png, pdf = save_figure(fig, folder / f"{prefix}_{stem}")

@@ -61,7 +61,8 @@ STATS = (("acc", "final_test_acc", 100.0), ("best_acc", "best_test_acc", 100.0),
          ("trace", "hessian_trace", 1.0))
 DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet",
                  "fashionmnist": "Fashion-MNIST", "synthetic": "Synthetic"}
-_SKIP_DIRS = {TABLES_DIR, FIGURES_DIR, OVERHEAD_DIR, "reference", ".grid", "__pycache__"}
+# "pilots": exploratory runs kept beside a results folder, reported on their own (safbench report --results .../pilots)
+_SKIP_DIRS = {TABLES_DIR, FIGURES_DIR, OVERHEAD_DIR, "reference", ".grid", "__pycache__", "pilots"}
 
 
 # ---- loading ------------------------------------------------------------------------------------

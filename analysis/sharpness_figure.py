@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import matplotlib
@@ -58,14 +59,14 @@ def save_sharpness_figure(rows: pd.DataFrame, grid: str, out_dir: Path, order: l
     ax.set_xlabel("epoch (after training it)")
     ax.set_ylabel("L(w + ρ g/‖g‖) − L(w), ρ = 0.05")
     ax.set_yscale("log")
-    ax.set_title(f"SAM sharpness during training ({grid}; mean, band = min-max over seeds)", fontsize=10)
+    ax.set_title(f"SAM sharpness per epoch: {Path(grid).name}\n(mean over seeds; band: min to max)", fontsize=10)
     ax.legend(fontsize=8, ncol=2)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    stem = out_dir / f"sharpness_epochs_{grid.replace('/', '_')}"
+    stem = out_dir / f"sharpness_epochs_{re.sub(r'[^A-Za-z0-9_-]+', '_', Path(grid).name)}"
     png, pdf = save_figure(fig, stem)
     plt.close(fig)
-    return FigureFile(f"Sharpness per epoch ({grid})",
+    return FigureFile(f"Sharpness per epoch ({Path(grid).name})",
                       "SAM's one-step sharpness on 1,024 fixed, un-augmented training images after every epoch "
                       "(BatchNorm in eval mode; mean of batch-size chunks). Dashed: equal-compute baselines. "
                       "Dotted lines: the epoch at which SAF's and MESA's trajectory loss switches on.", png, pdf)

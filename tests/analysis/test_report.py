@@ -137,8 +137,9 @@ def _close(shown: str, value: float, digits: int) -> None:
 # ---- files and links ----------------------------------------------------------------------------
 TABLES = ("paper_table_3", "dataset_synthetic", "dataset_cifar10", "dataset_fashionmnist",
           "time_to_target_synthetic", "time_to_target_cifar10", "time_to_target_fashionmnist")
+# A second folder of a dataset (synthetic-short) gets figures of its own: folders can hold different regimes.
 FIGURES = ("throughput_synthetic", "cost_synthetic", "throughput_cifar10", "cost_cifar10", "throughput_fashionmnist",
-           "cost_fashionmnist")
+           "cost_fashionmnist", "throughput_synthetic_synthetic-short", "cost_synthetic_synthetic-short")
 FLATNESS_FIGURES = ("lambda_max_synthetic", "landscape_1d_synthetic_mlp_tiny", "landscape_2d_synthetic_mlp_tiny",
                     "landscape_3d_synthetic_mlp_tiny", "hessian_density_synthetic_mlp_tiny")
 
