@@ -245,8 +245,9 @@ def throughput_share(agg: pd.DataFrame) -> pd.Series:
     base = agg[agg["method"] == BASE_METHOD]
     shares = []
     for _, row in agg.iterrows():
-        same = base[[all(_same(b[c], row[c]) for c in match) for _, b in base.iterrows()]]
-        twin = same[[all(_same(b[c], row[c]) for c in config) for _, b in same.iterrows()]]
+        # .loc with a boolean list: an empty list (no base run at all) selects no rows, not no columns
+        same = base.loc[[all(_same(b[c], row[c]) for c in match) for _, b in base.iterrows()]]
+        twin = same.loc[[all(_same(b[c], row[c]) for c in config) for _, b in same.iterrows()]]
         speeds = (twin if len(twin) else same)["img_s_mean"].dropna()
         shares.append(row["img_s_mean"] / speeds.mean() if len(speeds) else math.nan)
     return pd.Series(shares, index=agg.index, dtype=float)
