@@ -7,12 +7,14 @@
     safbench grid grids/paper-imagenet.yaml --launcher slurm --partition gpu --nproc-per-node 8
 
 Exit status: 0 when every cell is finished or diverged (or submitted, for slurm), 1 when a cell
-failed, 2 for a bad grid file or option (nothing has run then).
+failed, 2 for a bad grid file or option (nothing has run then) or when a cell has a damaged file
+(the other cells run; each damaged one gets a line saying which file and what to do).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -85,7 +87,13 @@ def _report(cells: Sequence[Cell]) -> int:
     print(f"{len(cells)} cells: " + ", ".join(f"{counts[s]} {s.value}" for s in State if counts[s]), flush=True)
     if counts[State.FAILED]:
         print("failed cells are not rerun without --retry-failed; see attempts.jsonl in their run directories")
-    return 1 if counts[State.FAILED] else 0
+    if counts[State.DAMAGED]:
+        from .damage import damaged_files
+
+        for cell in cells:
+            for damage in damaged_files(cell.run_dir):
+                print(f"safbench: error: {damage}", file=sys.stderr, flush=True)
+    return 1 if counts[State.FAILED] else 2 if counts[State.DAMAGED] else 0
 
 
 def print_cells(file: str, out: str, cells: Sequence[Cell]) -> None:

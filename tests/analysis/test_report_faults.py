@@ -45,3 +45,46 @@ def test_report_on_a_folder_with_no_sgd_run(saf_only: Path, tmp_path: Path,
     assert saf[header.index("Method")] == "saf"
     assert saf[header.index("Share of base")] == rp.MISSING
     assert (out / "REPORT.md").is_file()
+
+
+DAMAGE = {"summary.json": "[]", "config.yaml": "method: [saf\n  epochs: {{\n", "metrics.csv": "\x00\x01\n\"x"}
+
+
+def test_report_lists_damaged_runs_and_goes_on(saf_only: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    results = tmp_path / "results"
+    shutil.copytree(saf_only, results)
+    (good,) = [p for p in results.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    damaged = {}
+    for name, text in DAMAGE.items():
+        copy = results / f"{good.name}-{name.split('.')[0]}"
+        shutil.copytree(good, copy)
+        (copy / name).write_text(text)
+        damaged[name] = copy / name
+    before = {p: p.read_bytes() for p in results.rglob("*") if p.is_file()}
+    out = tmp_path / "report"
+    capsys.readouterr()
+    assert main(["report", "--results", str(results), "--out", str(out), "--no-figures"]) == 0
+    captured = capsys.readouterr()
+    warnings = captured.err.strip().splitlines()
+    assert len(warnings) == len(DAMAGE)  # one line per damaged file, naming it and what to do
+    for path in damaged.values():
+        assert any(str(path) in w and "delete it" in w for w in warnings), (path, warnings)
+    assert "1 runs" in captured.out and "3 damaged runs left out" in captured.out
+    runs = pd.read_csv(out / "tables" / "runs.csv")
+    assert runs["run_dir"].tolist() == [good.name]  # no row for a damaged run, none of Nones
+    text = (out / "REPORT.md").read_text()
+    assert "## Damaged runs (left out)" in text and all(str(p) in text for p in damaged.values())
+    assert {p: p.read_bytes() for p in results.rglob("*") if p.is_file()} == before
+
+
+def test_report_of_only_damaged_runs_is_one_line_exit_2(saf_only: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    results = tmp_path / "results"
+    shutil.copytree(saf_only, results)
+    (run_dir,) = [p for p in results.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    (run_dir / "summary.json").write_text("{\"status\": \"fini")
+    capsys.readouterr()
+    assert main(["report", "--results", str(results), "--out", str(tmp_path / "report")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and str(run_dir / "summary.json") in err and "delete it" in err

@@ -169,7 +169,7 @@ def test_torchrun_run_without_resume_into_a_fresh_directory(tmp_path: Path) -> N
     first = subprocess.run([*torchrun, *run_args], cwd=REPO, env=cli_env(), capture_output=True, text=True,
                            timeout=180)
     assert first.returncode == 0, first.stdout + first.stderr
-    (run_dir,) = out.iterdir()
+    (run_dir,) = (p for p in out.iterdir() if not p.name.startswith("."))  # .grid: the run's lock
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["world_size"] == 2
     # Each rank evaluated half the test set; the summed shares equal one process evaluating it all.
