@@ -213,7 +213,19 @@ class Run:
         if self.resume and taken:
             check_run_dir(self.run_dir)  # a damaged file: one line saying what to do, and nothing written
         if self.resume and checkpoint.exists():
-            self._load_checkpoint(checkpoint)
+            refused: UsageError | None = None
+            try:
+                self._load_checkpoint(checkpoint)
+            except UsageError as exc:
+                refused = exc
+            if self.info.enabled:  # every rank stops if one refuses its shard: none trains on alone
+                flags = torch.zeros(self.info.world_size, device=self.device)
+                flags[self.info.rank] = 1.0 if refused else 0.0
+                bad = [r for r, f in enumerate(all_reduce_sum(flags, self.info).tolist()) if f]
+                if bad and refused is None:
+                    refused = UsageError(f"checkpoint {checkpoint} was refused by rank {bad[0]} (its line says why)")
+            if refused is not None:
+                raise refused
         if self.info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             io.write_yaml(self.run_dir / CONFIG, self.config.to_dict())
@@ -227,10 +239,10 @@ class Run:
         if state.get("world_size", 1) != self.info.world_size:
             raise UsageError(f"checkpoint {path} was written with world size {state.get('world_size')}, "
                              f"this run has {self.info.world_size}")
-        self.net.load_state_dict(state["model"])
         method_state = state["method"]
         if self.info.rank > 0:  # sharded method state (the SAF store) lives in a per-rank file
-            method_state = load_torch(path.with_name(f"checkpoint-rank{self.info.rank}.pt"), self.device)
+            method_state = self._load_shard(path, state)
+        self.net.load_state_dict(state["model"])
         self.method.load_state_dict(method_state)
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng_cpu"])
@@ -239,6 +251,24 @@ class Run:
         self.rows = list(state["metrics"])
         self.start_epoch = self.saved_epochs = int(state["epoch"])
         self.elapsed_s = float(state["elapsed_s"])
+
+    def _load_shard(self, path: Path, state: dict[str, Any]) -> Any:
+        """This rank's shard of the checkpoint: the file checkpoint.pt names, holding its epoch and id."""
+        epoch, ckpt_id = int(state["epoch"]), state.get("checkpoint_id")
+        shard = path.with_name(shard_name(self.info.rank, epoch))
+        if ckpt_id is None:
+            raise UsageError(f"checkpoint {path} (world size {self.info.world_size}) was written by an older "
+                             "safbench without shard ids, so its per-rank shards cannot be checked to be of the "
+                             "same epoch; delete the checkpoint files to restart the run")
+        if not shard.exists():
+            raise UsageError(f"checkpoint {path} (epoch {epoch}) names shard {shard.name}, which is missing: "
+                             "the checkpoint is incomplete; delete the checkpoint files to restart the run")
+        data = load_torch(shard, self.device, keys=("epoch", "checkpoint_id", "rank", "method"))
+        if (data["epoch"], data["checkpoint_id"], data["rank"]) != (epoch, ckpt_id, self.info.rank):
+            raise UsageError(f"checkpoint shard {shard} (epoch {data['epoch']}, id {data['checkpoint_id']}) does not "
+                             f"belong to {path} (epoch {epoch}, id {ckpt_id}); refusing to mix them: delete the "
+                             "checkpoint files to restart the run")
+        return data["method"]
 
     def _save_checkpoint(self, epoch: int) -> None:
         try:
@@ -252,11 +282,40 @@ class Run:
         self.saved_epochs = epoch
 
     def _write_checkpoint(self, epoch: int) -> None:
+        """One checkpoint as a unit, whatever the world size. Every rank > 0 writes its epoch-stamped shard
+        (checkpoint-rank<r>-e<epoch>.pt) carrying the checkpoint's id; all meet; rank 0 atomically replaces
+        checkpoint.pt, which names the id; all meet; only then are older shards removed. A crash at any
+        point leaves checkpoint.pt with the shards it names, and a resume checks every shard against it."""
         method_state = self.method.state_dict()
+        ckpt_id = self._new_checkpoint_id()
         if self.info.rank > 0:
-            io.save_torch(self.run_dir / f"checkpoint-rank{self.info.rank}.pt", method_state)
-            return
-        state = {"epoch": epoch, "model": self.net.state_dict(), "method": method_state,
+            io.save_torch(self.run_dir / shard_name(self.info.rank, epoch),
+                          {"epoch": epoch, "checkpoint_id": ckpt_id, "rank": self.info.rank, "method": method_state})
+        faultpoints.reached(f"checkpoint-shard-e{epoch}", self.info.rank)
+        if self.info.enabled:
+            dist.barrier()
+        faultpoints.reached(f"checkpoint-shards-e{epoch}", self.info.rank)
+        if self.info.is_main:
+            self._write_main_checkpoint(epoch, ckpt_id, method_state)
+        if self.info.enabled:
+            dist.barrier()
+            faultpoints.reached(f"checkpoint-main-e{epoch}", self.info.rank)
+            for old in self.run_dir.glob(f"checkpoint-rank{self.info.rank}*.pt"):
+                if old.name != shard_name(self.info.rank, epoch):
+                    old.unlink(missing_ok=True)
+
+    def _new_checkpoint_id(self) -> str:
+        """Drawn by rank 0 (not from torch's generator: resuming stays bit for bit) and shared with every rank."""
+        import secrets
+
+        value = torch.tensor([secrets.randbits(62) if self.info.is_main else 0], dtype=torch.int64,
+                             device=self.device)
+        if self.info.enabled:
+            dist.broadcast(value, 0)
+        return f"{int(value.item()):016x}"
+
+    def _write_main_checkpoint(self, epoch: int, ckpt_id: str, method_state: Any) -> None:
+        state = {"epoch": epoch, "checkpoint_id": ckpt_id, "model": self.net.state_dict(), "method": method_state,
                  "scheduler": self.scheduler.state_dict(), "rng_cpu": torch.get_rng_state(),
                  "config_hash": self.config_hash, "identity": self.config.identity(),
                  "world_size": self.info.world_size, "metrics": self.rows, "elapsed_s": self.elapsed_s}
@@ -289,6 +348,7 @@ class Run:
                 if self.info.enabled:
                     torch.distributed.barrier()
                 self._save_checkpoint(epoch + 1)
+                faultpoints.reached(f"after-checkpoint-e{epoch + 1}", self.info.rank)
                 if self.info.is_main:
                     io.write_csv(self.run_dir / METRICS, pd.DataFrame(self.rows))
                     print(self._epoch_line(row), flush=True)
@@ -413,6 +473,11 @@ class Run:
         if self.info.is_main:
             io.write_json(self.run_dir / SUMMARY, summary)
         return summary
+
+
+def shard_name(rank: int, epoch: int) -> str:
+    """The file of rank `rank`'s share of the checkpoint after `epoch` epochs (ranks > 0 only)."""
+    return f"checkpoint-rank{rank}-e{epoch}.pt"
 
 
 def run(config: RunConfig, *, resume: bool = False, command: str | None = None,
