@@ -18,8 +18,9 @@ def _report(args: argparse.Namespace) -> int:
                           overhead=args.overhead)
     for damage in report.damaged:
         print(f"safbench: warning: {damage}; left out of the report", file=sys.stderr)
+    left_out = f", {len(report.damaged)} damaged runs left out" if report.damaged else ""
     print(f"{report.report}: {len(report.rows)} runs, {len(report.tables)} tables, "
-          f"{len(report.figures)} figures" + (f", {len(report.damaged)} damaged runs left out" if report.damaged else ""))
+          f"{len(report.figures)} figures{left_out}")
     return 0
 
 

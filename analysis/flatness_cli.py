@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-
 ALLOW_UNFINISHED = ("measure a run that has not finished (the file records its epoch; the report attaches it "
                     "to the run only while the run stays at that epoch)")
 

@@ -187,9 +187,12 @@ class Run:
 
     def release(self) -> None:
         """Drop the run's lock (train() does this when it returns or raises)."""
-        if self._lock is not None:
+        if getattr(self, "_lock", None) is not None:
             self._lock.release()
             self._lock = None
+
+    def __del__(self) -> None:  # a Run made but never trained (tests, tools) must not keep its lock
+        self.release()
 
     def _prepare_run_dir(self) -> None:
         self._take_lock()
