@@ -78,12 +78,19 @@ def _grid(args: argparse.Namespace) -> int:
     elif args.launcher == "gpus":
         launch_gpus(args.file, out, cells, opts)
     else:
-        launch_local(cells, opts)
+        return _report(cells, [o for o in launch_local(cells, opts) if o.state is State.DAMAGED])
     return _report(cells)
 
 
-def _report(cells: Sequence[Cell]) -> int:
-    counts = Counter(cell_state(c.run_dir) for c in cells)
+def _report(cells: Sequence[Cell], damaged: Sequence[Any] = ()) -> int:
+    """Totals by state, one line per damaged file on stderr, and the exit status. `damaged`: outcomes of
+    cells whose damage only loading the checkpoint in full revealed (their state reads interrupted)."""
+    found = {o.cell.run_dir: o.error for o in damaged}
+    states = {c.run_dir: cell_state(c.run_dir) for c in cells}
+    for run_dir in found:
+        if states.get(run_dir) is State.INTERRUPTED:
+            states[run_dir] = State.DAMAGED
+    counts = Counter(states.values())
     print(f"{len(cells)} cells: " + ", ".join(f"{counts[s]} {s.value}" for s in State if counts[s]), flush=True)
     if counts[State.FAILED]:
         print("failed cells are not rerun without --retry-failed; see attempts.jsonl in their run directories")
@@ -91,8 +98,11 @@ def _report(cells: Sequence[Cell]) -> int:
         from .damage import damaged_files
 
         for cell in cells:
-            for damage in damaged_files(cell.run_dir):
-                print(f"safbench: error: {damage}", file=sys.stderr, flush=True)
+            if states[cell.run_dir] is State.DAMAGED:
+                lines = [str(d) for d in damaged_files(cell.run_dir)] or [found.get(cell.run_dir) or
+                                                                           f"{cell.run_dir} is damaged"]
+                for line in lines:
+                    print(f"safbench: error: {line}", file=sys.stderr, flush=True)
     return 1 if counts[State.FAILED] else 2 if counts[State.DAMAGED] else 0
 
 

@@ -92,8 +92,8 @@ def test_resume_with_a_damaged_file_gives_one_line_and_changes_nothing(
     assert snapshot(run_dir) == before
 
 
-@pytest.mark.parametrize("case", ["checkpoint-random", "checkpoint-truncated", "summary-list", "config-corrupt",
-                                  "metrics-random"])
+@pytest.mark.parametrize("case", ["checkpoint-random", "checkpoint-truncated", "checkpoint-bad-pickle",
+                                  "summary-list", "config-corrupt", "metrics-random"])
 def test_grid_runs_the_other_cells_and_names_the_damaged_file(
         case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     grid = write_grid(tmp_path / "g.yaml", grid={"method": ["sgd", "sam"]})
@@ -113,6 +113,10 @@ def test_grid_runs_the_other_cells_and_names_the_damaged_file(
     assert _one_line(captured.err, sgd / name)
     assert "1 finished, 1 damaged" in captured.out
     assert json.loads((sam / "summary.json").read_text())["status"] == "finished"
+    if case == "checkpoint-bad-pickle":  # only loading it in full tells: the attempt log notes the try
+        before.pop("attempts.jsonl")
+        assert {k: v for k, v in snapshot(sgd).items() if k != "attempts.jsonl"} == before
+        return  # and --dry-run, which reads no checkpoint in full, shows it as interrupted
     assert snapshot(sgd) == before
     assert main(["grid", str(grid), "--out", str(out), "--dry-run"]) == 0
     assert "damaged" in capsys.readouterr().out
