@@ -7,6 +7,7 @@ more can join without touching the others.
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 
@@ -15,8 +16,11 @@ def _report(args: argparse.Namespace) -> int:
 
     report = build_report(args.results, args.out, args.reference, figures=not args.no_figures,
                           overhead=args.overhead)
+    for damage in report.damaged:
+        print(f"safbench: warning: {damage}; left out of the report", file=sys.stderr)
+    left_out = f", {len(report.damaged)} damaged runs left out" if report.damaged else ""
     print(f"{report.report}: {len(report.rows)} runs, {len(report.tables)} tables, "
-          f"{len(report.figures)} figures")
+          f"{len(report.figures)} figures{left_out}")
     return 0
 
 

@@ -14,11 +14,11 @@ from typing import Any
 
 import pandas as pd
 import torch
-import yaml
 from torch import Tensor, nn
 
 from bench import io
 from bench.config import RunConfig
+from bench.damage import load_torch, read_yaml_mapping
 from bench.data import create_data
 from bench.errors import UsageError
 from bench.models import create_model
@@ -54,19 +54,34 @@ def fixed_batches(config: RunConfig, device: torch.device, samples: int) -> list
 
 
 def load_run(run_dir: str | Path, device: torch.device, samples: int) -> tuple[RunConfig, nn.Module, list]:
-    """The run's config, its last checkpointed model (eval mode) and the fixed measurement batches."""
+    """The run's config, its last checkpointed model (eval mode, with `model.checkpoint_epoch`: the epochs
+    it has trained) and the fixed measurement batches."""
     run_dir = Path(run_dir)
-    try:
-        values = yaml.safe_load((run_dir / "config.yaml").read_text())
-        state = torch.load(run_dir / "checkpoint.pt", map_location=device, weights_only=True)
-    except FileNotFoundError as exc:
-        raise UsageError(f"{run_dir} is not a run directory with a checkpoint: {exc.filename} is missing") from None
+    for name in ("config.yaml", "checkpoint.pt"):
+        if not (run_dir / name).is_file():
+            raise UsageError(f"{run_dir} is not a run directory with a checkpoint: {run_dir / name} is missing")
+    values = read_yaml_mapping(run_dir / "config.yaml")
+    state = load_torch(run_dir / "checkpoint.pt", device, keys=("model",))
     config = RunConfig.from_record(values)
     data = fixed_data(config, device, samples)
     model = create_model(config.model, num_classes=data.num_classes, in_chans=data.in_chans,
                          img_size=data.img_size).to(device)
     model.load_state_dict(state["model"])
+    model.checkpoint_epoch = int(state.get("epoch", -1))  # type: ignore[assignment]
     return config, model.eval(), first_batches(data, samples)
+
+
+def check_finished(run_dir: str | Path, allow_unfinished: bool) -> None:
+    """UsageError for a run that has not finished, unless allowed: its flatness would describe a model that
+    resuming trains on (the files record their epoch, and the report attaches them only to that epoch)."""
+    from bench.run import read_summary
+
+    summary = read_summary(Path(run_dir))
+    status = summary.get("status") if summary else "unfinished (no summary.json)"
+    if status in ("finished", "diverged") or allow_unfinished:
+        return
+    raise UsageError(f"{run_dir} is {status}: its flatness would be that of an intermediate model; finish it "
+                     "with `safbench run --resume` first, or pass --allow-unfinished to measure it as it is")
 
 
 def measure_hessian(model: nn.Module, batches: list, *, k: int = 3, trace_samples: int = 50,
@@ -101,13 +116,16 @@ def run_hessian(run: Any, epoch: int | None) -> None:
 
 
 def hessian_for_run_dir(run_dir: str | Path, *, samples: int = 1000, k: int = 3, trace_samples: int = 50,
-                        bn_mode: str = "eval", device: str = "auto", command: str | None = None) -> dict[str, Any]:
-    """Measure the run's final model and write hessian.json, with the provenance of this measurement."""
+                        bn_mode: str = "eval", device: str = "auto", command: str | None = None,
+                        allow_unfinished: bool = False) -> dict[str, Any]:
+    """Measure the run's final model and write hessian.json, with the provenance of this measurement and
+    the epoch of the checkpoint it measured."""
     dev = _device(device)
+    check_finished(run_dir, allow_unfinished)
     _, model, batches = load_run(run_dir, dev, samples)
     summary = measure_hessian(model, batches, k=k, trace_samples=trace_samples,
                               bn_mode=bn_mode)
-    summary.update(epoch=_epochs_done(run_dir), samples=samples, **provenance(dev, command))
+    summary.update(epoch=model.checkpoint_epoch, samples=samples, **provenance(dev, command))
     write_hessian(Path(run_dir), summary, None)
     return summary
 
@@ -151,13 +169,16 @@ def density_for_run_dir(run_dir: str | Path, *, samples: int = 1000, n_iter: int
 
 def landscape_for_run_dir(run_dir: str | Path, *, dim: int = 1, samples: int = 1000, resolution: int | None = None,
                           span: float = 1.0, seed: int = 0, line_to: str | Path | None = None,
-                          recalibrate_bn: bool = False, device: str = "auto", command: str | None = None) -> Path:
-    """Compute one landscape of the run's final model and save it as npz in the run directory."""
+                          recalibrate_bn: bool = False, device: str = "auto", command: str | None = None,
+                          allow_unfinished: bool = False) -> Path:
+    """Compute one landscape of the run's final model and save it as npz in the run directory (its meta
+    records the epoch of the checkpoint measured)."""
     dev = _device(device)
     run_dir = Path(run_dir)
+    check_finished(run_dir, allow_unfinished)
     config, model, batches = load_run(run_dir, dev, samples)
     recal = batches if recalibrate_bn else None
-    meta = {"run_dir": run_dir.name, "samples": samples, "seed": seed, "span": span,
+    meta = {"run_dir": run_dir.name, "epoch": model.checkpoint_epoch, "samples": samples, "seed": seed, "span": span,
             "recalibrate_bn": recalibrate_bn, "method": config.method, "dataset": config.dataset,
             "model": config.model, **provenance(dev, command)}
     if line_to is not None:
@@ -197,10 +218,4 @@ def _device(name: str) -> torch.device:
         raise UsageError(f"device={name!r} is invalid: allowed values are auto, cpu, cuda")
     return torch.device(name)
 
-
-def _epochs_done(run_dir: str | Path) -> int | None:
-    try:
-        return int(pd.read_csv(Path(run_dir) / "metrics.csv")["epoch"].max()) + 1
-    except (OSError, KeyError, ValueError):
-        return None
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+ALLOW_UNFINISHED = ("measure a run that has not finished (the file records its epoch; the report attaches it "
+                    "to the run only while the run stays at that epoch)")
+
 
 def _hessian(args: argparse.Namespace) -> int:
     from pathlib import Path
@@ -21,7 +24,7 @@ def _hessian(args: argparse.Namespace) -> int:
     for run_dir in args.run_dirs:
         s = hessian_for_run_dir(run_dir, samples=args.samples, k=args.k, trace_samples=args.trace_samples,
                                 bn_mode=args.bn_mode, device=args.device,
-                                command=args.invocation)
+                                command=args.invocation, allow_unfinished=args.allow_unfinished)
         top = [round(v, 4) for v in s["top_eigenvalues"]]
         print(f"{run_dir}: lambda_max {s['lambda_max']:.4g}, top-{args.k} {top}, "
               f"trace {s['trace']:.4g} ± {s['trace_stderr'] or float('nan'):.2g} ({s['seconds']:.0f} s)")
@@ -47,7 +50,7 @@ def _landscape(args: argparse.Namespace) -> int:
         path = landscape_for_run_dir(run_dir, dim=args.dim, samples=args.samples, resolution=args.resolution,
                                      span=args.range, seed=args.seed, line_to=args.line_to,
                                      recalibrate_bn=args.recalibrate_bn, device=args.device,
-                                     command=args.invocation)
+                                     command=args.invocation, allow_unfinished=args.allow_unfinished)
         print(f"wrote {path}")
     return 0
 
@@ -64,6 +67,7 @@ def register(subparsers: Any) -> None:
                    help="also store the stochastic-Lanczos eigenvalue density (hessian_density.npz)")
     h.add_argument("--density-iter", type=int, default=100, help="Lanczos steps per density run")
     h.add_argument("--density-runs", type=int, default=1, help="random start vectors (n_v) of the density")
+    h.add_argument("--allow-unfinished", action="store_true", help=ALLOW_UNFINISHED)
     h.set_defaults(func=_hessian)
 
     p = subparsers.add_parser("landscape", help="1D/2D filter-normalised loss landscape of a run's final model")
@@ -76,4 +80,5 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random directions")
     p.add_argument("--recalibrate-bn", action="store_true", help="recompute BN statistics at every point")
     p.add_argument("--device", default="auto")
+    p.add_argument("--allow-unfinished", action="store_true", help=ALLOW_UNFINISHED)
     p.set_defaults(func=_landscape)

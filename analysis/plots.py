@@ -115,6 +115,8 @@ def hessian_curves(rows: pd.DataFrame) -> pd.DataFrame:
         except (OSError, ValueError):
             final = None
         done = r.get("epochs_completed", r.get("epochs"))
+        if not isinstance(final, dict) or is_missing(done) or final.get("epoch") != int(done):
+            final = None  # measured another model than the run's last: not its final point
         if final is not None and not is_missing(done):
             last = int(done) - 1
             if not any((p["epoch"] == last).any() for p in parts):
@@ -143,6 +145,9 @@ def landscape_files(rows: pd.DataFrame) -> pd.DataFrame:
                 _, meta = load_landscape(file)
             except (OSError, ValueError, KeyError):
                 continue
+            done = r.get("epochs_completed")
+            if "epoch" in meta and (is_missing(done) or meta["epoch"] != int(done)):
+                continue  # the landscape of an earlier model (files before epochs were recorded lack it)
             recs.append({**{k: r[k] for k in _KEYS}, "kind": kind, "path": str(file),
                          "to_method": meta.get("to_method", ""), "to_run_dir": meta.get("to_run_dir", "")})
     return pd.DataFrame(recs)

@@ -94,7 +94,7 @@ def _config_columns(run_dir: Path) -> dict[str, Any]:
     return {k: (str(v) if isinstance(v, list) else v) for k, v in values.items() if k in CONFIG_COLUMNS}
 
 
-def read_folder(folder: Path) -> pd.DataFrame:
+def read_folder(folder: Path, damaged: list | None = None) -> pd.DataFrame:
     """The flat rows of one results folder: its run directories, else its results.csv.
 
     Run directories are read through bench.results (the same rows `safbench grid` writes);
@@ -102,7 +102,10 @@ def read_folder(folder: Path) -> pd.DataFrame:
     """
     from bench.results import collect_results
 
-    frame = collect_results(folder)
+    found: list = []  # runs with a damaged summary, config or metrics file: listed, never shown as rows
+    frame = collect_results(folder, found, check=(CONFIG, "metrics.csv"))
+    if damaged is not None:
+        damaged.extend(found)
     if not frame.empty:
         frame = frame.copy()
         frame["run_path"] = [str(folder / name) for name in frame["run_dir"]]
@@ -117,19 +120,22 @@ def read_folder(folder: Path) -> pd.DataFrame:
             stored = pd.DataFrame()
         if "run_dir" in stored.columns and not stored.empty:
             names = stored["run_dir"].astype(str).map(lambda s: Path(s).name)
-            have = set(frame["run_dir"]) if not frame.empty else set()
+            have = (set(frame["run_dir"]) if not frame.empty else set()) | {d.path.parent.name for d in found}
             stored = stored[~names.isin(have)].copy()
             stored["run_path"] = None
             frame = pd.concat([frame, stored], ignore_index=True) if not frame.empty else stored
     return frame
 
 
-def load_rows(root: str | Path) -> pd.DataFrame:
-    """Every stored run under `root`, one flat row each, with `grid` (its folder, relative to root)."""
+def load_rows(root: str | Path, damaged: list | None = None) -> pd.DataFrame:
+    """Every stored run under `root`, one flat row each, with `grid` (its folder, relative to root).
+
+    Runs with a damaged file are left out and appended to `damaged` (bench.damage.DamagedFile)."""
     root = Path(root)
     frames = []
+    damaged = [] if damaged is None else damaged
     for folder in find_result_folders(root):
-        frame = read_folder(folder)
+        frame = read_folder(folder, damaged)
         if frame.empty:
             continue
         if not folder.is_relative_to(root):  # root is a single run directory
@@ -142,6 +148,9 @@ def load_rows(root: str | Path) -> pd.DataFrame:
     if (root / SUMMARY).exists():  # a single run directory: not its siblings
         frames = [f[f["run_dir"] == root.name] for f in frames if "run_dir" in f.columns]
         frames = [f for f in frames if len(f)]
+    if not frames and damaged:
+        raise UsageError(f"no readable results under {root}: {damaged[0]}"
+                         + (f" (and {len(damaged) - 1} more damaged files)" if len(damaged) > 1 else ""))
     if not frames:
         raise UsageError(f"no results found under {root}: expected run directories (with {SUMMARY}) or "
                          f"{RESULTS_CSV} files")
@@ -249,8 +258,9 @@ def throughput_share(agg: pd.DataFrame) -> pd.Series:
     base = agg[agg["method"] == BASE_METHOD]
     shares = []
     for _, row in agg.iterrows():
-        same = base[[all(_same(b[c], row[c]) for c in match) for _, b in base.iterrows()]]
-        twin = same[[all(_same(b[c], row[c]) for c in config) for _, b in same.iterrows()]]
+        # .loc with a boolean list: an empty list (no base run at all) selects no rows, not no columns
+        same = base.loc[[all(_same(b[c], row[c]) for c in match) for _, b in base.iterrows()]]
+        twin = same.loc[[all(_same(b[c], row[c]) for c in config) for _, b in same.iterrows()]]
         speeds = (twin if len(twin) else same)["img_s_mean"].dropna()
         shares.append(row["img_s_mean"] / speeds.mean() if len(speeds) else math.nan)
     return pd.Series(shares, index=agg.index, dtype=float)
@@ -565,6 +575,7 @@ class Report:
     tables: list[TableFile]
     figures: list[Any]  # analysis.plots.FigureFile
     rows: pd.DataFrame
+    damaged: list[Any] = field(default_factory=list)  # bench.damage.DamagedFile of the runs left out
 
 
 def write_table(out: Path, stem: str, title: str, numbers: pd.DataFrame, shown: pd.DataFrame,
@@ -744,7 +755,8 @@ def _figure_markdown(f: Any, report_dir: Path) -> str:
 def report_markdown(report_dir: Path, rows: pd.DataFrame, tables: Sequence[TableFile],
                     figures: Sequence[Any], regenerate: str, reference: str,
                     conclusions: Sequence[tuple[str, str]] = (), cost: CostSection | None = None,
-                    skipped: Sequence[str] = (), claim_tables: Sequence[TableFile] = ()) -> str:
+                    skipped: Sequence[str] = (), claim_tables: Sequence[TableFile] = (),
+                    damaged: Sequence[Any] = ()) -> str:
     """REPORT.md, top-down: what was measured (the runs, their tables), conclusions, the claims judged, cost,
     flatness, the paper's tables (only rows with a run of ours), then how to regenerate and the provenance."""
     status = rows["status"].value_counts()
@@ -764,6 +776,9 @@ def report_markdown(report_dir: Path, rows: pd.DataFrame, tables: Sequence[Table
     ]
     for t in by_kind["dataset"] + other:
         parts.append(_table_markdown(t, report_dir))
+    if damaged:
+        parts.append("## Damaged runs (left out)\n")
+        parts.append("\n".join(f"- `{d.path}`: {d.cause}; {d.action}" for d in damaged) + "\n")
     if conclusions:
         parts.append("## Conclusions\n")
         parts.append(f"Written by hand from the tables of this report (kept in each results folder's `{NOTES}`).\n")
@@ -843,7 +858,8 @@ def build_report(results: str | Path = "results", out: str | Path | None = None,
     out = Path(out) if out is not None else results
     ref_path = Path(reference) if reference is not None else REFERENCE_CSV
     reference_frame = load_reference(ref_path)
-    rows = prepare(load_rows(results), reference_frame)
+    damaged: list[Any] = []
+    rows = prepare(load_rows(results, damaged), reference_frame)
     overhead_dir = Path(overhead) if overhead is not None else results / OVERHEAD_DIR
     found = overhead_report.load_overhead(overhead_dir) if overhead is not None or overhead_dir.is_dir() else {}
     io.check_writable(out)
@@ -880,5 +896,5 @@ def build_report(results: str | Path = "results", out: str | Path | None = None,
     path = out / REPORT
     io.write_text(path, report_markdown(out, rows, tables, made, regenerate, _shown_path(ref_path),
                                         notes(results), cost, tables_without_ours(agg, reference_frame),
-                                        claim_tables))
-    return Report(out, path, tables + claim_tables + (cost.tables if cost else []), made, rows)
+                                        claim_tables, damaged))
+    return Report(out, path, tables + claim_tables + (cost.tables if cost else []), made, rows, damaged)

@@ -32,9 +32,10 @@ from .cells import (
     set_failed_aside,
     write_failed_summary,
 )
+from .damage import DamagedFile, damaged_files
 from .grid import Cell
 from .results import write_results
-from .run import read_summary
+from .run import LOCK_HELD_ENV, read_summary
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,9 @@ def run_cell(cell: Cell, *, nproc_per_node: int = 1, lock_wait_s: float = 0.5,
         state = cell_state(run_dir, check_lock=False)  # again, now that nobody else can change it
         if state in DONE or state is State.FAILED:
             return Outcome(cell, state, ran=False)
+        if state is State.DAMAGED:  # before anything is written: the user must act first
+            damage = damaged_files(run_dir)
+            return Outcome(cell, State.DAMAGED, ran=False, error=str(damage[0]) if damage else None)
         remove_leftovers(run_dir)
         resume = has_checkpoint(run_dir)
         if label is not None:
@@ -73,6 +77,9 @@ def run_cell(cell: Cell, *, nproc_per_node: int = 1, lock_wait_s: float = 0.5,
         except (KeyboardInterrupt, SystemExit):
             log_attempt(run_dir, "interrupted")
             raise
+        except DamagedFile as exc:  # not a failure of the cell: no failed summary, which --retry-failed
+            log_attempt(run_dir, "end", status=State.DAMAGED.value, error=str(exc))  # could not clear
+            return Outcome(cell, State.DAMAGED, ran=False, error=str(exc))
         except Exception as exc:  # noqa: BLE001 - one cell's failure must not stop the grid
             error = f"{type(exc).__name__}: {exc}"
             if read_summary(run_dir) is None:
@@ -127,7 +134,7 @@ def _run_here(cell: Cell, command: str | None) -> None:
     from .run import run
 
     try:
-        run(cell.config, resume=True, command=command)
+        run(cell.config, resume=True, command=command, locked=True)  # run_cell holds the lock
     finally:
         gc.collect()  # the next cell should not inherit this one's tensors
         import torch
@@ -150,6 +157,7 @@ def _run_torchrun(cell: Cell, nproc_per_node: int, lock: CellLock) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     io.write_yaml(path, cell.config.resolved().to_dict())
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env[LOCK_HELD_ENV] = str(lock.path)  # the run must not try to take the lock we hold for it
     # torchrun shares our lock (pass_fds) and is told to stop if we die (die_with_parent), so a
     # killed grid process cannot leave an orphan training the cell while another process takes it.
     proc = subprocess.run(torchrun_command(cell, nproc_per_node), env=env, pass_fds=(lock.fd,),

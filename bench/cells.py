@@ -5,6 +5,8 @@ State, read from the run directory and the lock (never stored, so it cannot go s
     running                        no summary, and a live process holds the cell's lock
     interrupted                    no summary, no live holder, but the run directory exists
     pending                        nothing yet
+    damaged                        a file of the run (summary, or else config, metrics, checkpoint) exists
+                                   but cannot be read (bench.damage): the user must act first
 
 Locks are `fcntl.flock` on <out>/.grid/locks/<run name>.lock. The kernel drops a flock when its
 holder dies, even by SIGKILL, so a lock left by a dead process is free for the next grid process
@@ -34,8 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from . import io
+from .damage import CONFIG, METRICS, DamagedFile, damaged_files, read_json_mapping
 from .errors import UsageError
-from .run import CHECKPOINT, SUMMARY, read_summary
+from .run import CHECKPOINT, SUMMARY
 
 GRID_DIR = ".grid"  # bookkeeping inside the grid's output folder: locks, cell configs
 ATTEMPTS = "attempts.jsonl"  # per run directory: one JSON line per start/end of an attempt
@@ -48,6 +51,7 @@ class State(StrEnum):
     FINISHED = "finished"
     DIVERGED = "diverged"
     FAILED = "failed"
+    DAMAGED = "damaged"
 
 
 DONE = (State.FINISHED, State.DIVERGED)
@@ -59,14 +63,17 @@ def lock_path(run_dir: Path) -> Path:
 
 def cell_state(run_dir: Path, *, check_lock: bool = True) -> State:
     """The state of a run directory; reads only (a missing lock file is not created)."""
-    summary = read_summary(run_dir)
+    try:
+        summary = read_json_mapping(run_dir / SUMMARY)
+    except DamagedFile:
+        return State.DAMAGED
     if summary is not None:
         status = summary.get("status")
         return State(status) if status in (State.FINISHED, State.DIVERGED) else State.FAILED
     if check_lock and lock_holder(lock_path(run_dir)) is not None:
         return State.RUNNING
     if run_dir.is_dir():
-        return State.INTERRUPTED
+        return State.DAMAGED if damaged_files(run_dir, (CONFIG, METRICS, CHECKPOINT)) else State.INTERRUPTED
     return State.PENDING
 
 

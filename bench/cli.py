@@ -9,7 +9,9 @@ import argparse
 import dataclasses
 import importlib
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -84,6 +86,15 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=_run)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, `kill`, torchrun stopping its workers), raised where the process is so that it
+    unwinds as Ctrl-C does: temporary files removed, the last checkpoint kept for --resume."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2, like every other bad input
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -108,6 +119,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.invocation = command_line(None if argv is None else list(argv))
     git_commit()  # the commit of the code this process has loaded, before anything runs for long
     debug = bool(args.debug) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    # SIGTERM unwinds like Ctrl-C, while this call lasts; a host's own handler is left alone.
+    installed = (threading.current_thread() is threading.main_thread()
+                 and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
+    if installed:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _dispatch(args, debug)
+    finally:
+        if installed:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _dispatch(args: argparse.Namespace, debug: bool) -> int:
     try:
         return int(args.func(args) or 0)
     except Exception if debug else ():  # --debug: let the traceback through
@@ -115,6 +139,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"safbench: error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        hint = {"run": "; the last checkpoint is kept: continue with --resume",
+                "grid": "; the cells' checkpoints are kept: run the grid again to resume them"}.get(args.command, "")
+        print(f"safbench: terminated (SIGTERM){hint}", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("safbench: interrupted", file=sys.stderr)
         return 130

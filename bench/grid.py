@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,9 @@ class GridSpec:
 
     def cells(self, out: str | None = None) -> list[Cell]:
         return expand(self, out=out)
+
+    def iter_cells(self, out: str | None = None) -> Iterator[Cell]:
+        return iter_cells(self, out=out)
 
     def num_combinations(self) -> int:
         return sum(_product_size(axes) for axes in self.subgrids)
@@ -143,9 +147,14 @@ def expand(spec: GridSpec, *, out: str | None = None) -> list[Cell]:
 
     `out` overrides base `out`; without either the folder is runs/<grid file stem>.
     """
+    return list(iter_cells(spec, out=out))
+
+
+def iter_cells(spec: GridSpec, *, out: str | None = None) -> Iterator[Cell]:
+    """`expand`, one cell at a time: a huge grid is listed as it is expanded, never held whole
+    (only the hashes seen, as integers, to merge cells resolving to the same run)."""
     out = out or spec.base.get("out") or default_out(spec.where)
-    cells: list[Cell] = []
-    seen: set[str] = set()
+    seen: set[int] = set()
     for axes in spec.subgrids:
         names = list(axes)
         for combo in itertools.product(*(axes[n] for n in names)):
@@ -165,10 +174,10 @@ def expand(spec: GridSpec, *, out: str | None = None) -> list[Cell]:
                     text = f"{spec.where}: cell {label}: {text}"
                 raise UsageError(text) from None
             cell = Cell(config, settings)
-            if cell.hash not in seen:
-                seen.add(cell.hash)
-                cells.append(cell)
-    return cells
+            key = int(cell.hash, 16)
+            if key not in seen:
+                seen.add(key)
+                yield cell
 
 
 # ---- helpers ---------------------------------------------------------------------------------------

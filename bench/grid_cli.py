@@ -7,14 +7,16 @@
     safbench grid grids/paper-imagenet.yaml --launcher slurm --partition gpu --nproc-per-node 8
 
 Exit status: 0 when every cell is finished or diverged (or submitted, for slurm), 1 when a cell
-failed, 2 for a bad grid file or option (nothing has run then).
+failed, 2 for a bad grid file or option (nothing has run then) or when a cell has a damaged file
+(the other cells run; each damaged one gets a line saying which file and what to do).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,10 +61,10 @@ def _grid(args: argparse.Namespace) -> int:
         raise UsageError(f"--nproc-per-node={args.nproc_per_node} is invalid: allowed values are integers >= 1")
     spec = load_grid(args.file)
     out = args.out or spec.base.get("out") or default_out(resolve_grid(args.file))
-    cells = spec.cells(out=out)  # every cell validated before anything runs
-    if args.dry_run:
-        print_cells(args.file, out, cells)
+    if args.dry_run:  # streamed: a huge grid prints as it expands, never held whole
+        print_cells(args.file, out, spec.iter_cells(out=out))
         return 0
+    cells = spec.cells(out=out)  # every cell validated before anything runs
     opts = LaunchOptions(
         nproc_per_node=args.nproc_per_node, retry_failed=args.retry_failed, command=args.invocation,
         gpus=tuple(x.strip() for x in args.gpus.split(",") if x.strip()) if args.gpus else None,
@@ -77,26 +79,47 @@ def _grid(args: argparse.Namespace) -> int:
     elif args.launcher == "gpus":
         launch_gpus(args.file, out, cells, opts)
     else:
-        launch_local(cells, opts)
+        return _report(cells, [o for o in launch_local(cells, opts) if o.state is State.DAMAGED])
     return _report(cells)
 
 
-def _report(cells: Sequence[Cell]) -> int:
-    counts = Counter(cell_state(c.run_dir) for c in cells)
+def _report(cells: Sequence[Cell], damaged: Sequence[Any] = ()) -> int:
+    """Totals by state, one line per damaged file on stderr, and the exit status. `damaged`: outcomes of
+    cells whose damage only loading the checkpoint in full revealed (their state reads interrupted)."""
+    found = {o.cell.run_dir: o.error for o in damaged}
+    states = {c.run_dir: cell_state(c.run_dir) for c in cells}
+    for run_dir in found:
+        if states.get(run_dir) is State.INTERRUPTED:
+            states[run_dir] = State.DAMAGED
+    counts = Counter(states.values())
     print(f"{len(cells)} cells: " + ", ".join(f"{counts[s]} {s.value}" for s in State if counts[s]), flush=True)
     if counts[State.FAILED]:
         print("failed cells are not rerun without --retry-failed; see attempts.jsonl in their run directories")
-    return 1 if counts[State.FAILED] else 0
+    if counts[State.DAMAGED]:
+        from .damage import damaged_files
+
+        for cell in cells:
+            if states[cell.run_dir] is State.DAMAGED:
+                lines = [str(d) for d in damaged_files(cell.run_dir)] or [found.get(cell.run_dir) or
+                                                                           f"{cell.run_dir} is damaged"]
+                for line in lines:
+                    print(f"safbench: error: {line}", file=sys.stderr, flush=True)
+    return 1 if counts[State.FAILED] else 2 if counts[State.DAMAGED] else 0
 
 
-def print_cells(file: str, out: str, cells: Sequence[Cell]) -> None:
-    """The dry-run table: index, state, hash, run directory, settings. Reads only."""
-    states = [cell_state(c.run_dir) for c in cells]
-    print(f"grid {file}: {len(cells)} cells in {out}")
-    width = max((len(c.name) for c in cells), default=7)
-    print(f"{'#':>4}  {'state':<11}  {'hash':<10}  {'run dir':<{width}}  settings")
-    for i, (cell, state) in enumerate(zip(cells, states, strict=True), 1):
+def print_cells(file: str, out: str, cells: Iterable[Cell]) -> None:
+    """The dry-run table: index, state, hash, run directory, settings; one line per cell as `cells`
+    yields it (a generator is never held whole), the count at the end. Reads only."""
+    print(f"grid {file}: cells in {out}", flush=True)
+    counts: Counter[State] = Counter()
+    width = None
+    for i, cell in enumerate(cells, 1):
+        if width is None:  # run directory names of one grid differ little in length
+            width = len(cell.name)
+            print(f"{'#':>4}  {'state':<11}  {'hash':<10}  {'run dir':<{width}}  settings")
+        state = cell_state(cell.run_dir)
+        counts[state] += 1
         holder = f"  [held by {lock_holder(lock_path(cell.run_dir))}]" if state is State.RUNNING else ""
-        print(f"{i:>4}  {state.value:<11}  {cell.hash:<10}  {cell.name:<{width}}  {cell.describe()}{holder}")
-    counts = Counter(states)
-    print("states: " + ", ".join(f"{counts[s]} {s.value}" for s in State if counts[s]))
+        print(f"{i:>4}  {state.value:<11}  {cell.hash:<10}  {cell.name:<{width}}  {cell.describe()}{holder}",
+              flush=i <= 100 or i % 1000 == 0)
+    print(f"{sum(counts.values())} cells; states: " + ", ".join(f"{counts[s]} {s.value}" for s in State if counts[s]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -48,10 +49,34 @@ def write_csv(path: str | Path, frame: Any) -> None:
     write_text(path, frame.to_csv(index=False))
 
 
+class WriteFailed(OSError):
+    """A file could not be written (full disk, read-only folder, ...); str() is one line naming the file and cause."""
+
+
+_CAUSES = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+           errno.EROFS: "read-only file system", errno.EACCES: "permission denied", errno.EPERM: "permission denied"}
+
+
+def write_error_cause(exc: BaseException) -> str:
+    """The cause of a failed write in a few words (torch's zip writer reports a full disk as a RuntimeError)."""
+    if isinstance(exc, OSError) and exc.errno in _CAUSES:
+        return _CAUSES[exc.errno]
+    first = (str(exc).strip().splitlines() or [""])[0][:100]
+    if isinstance(exc, RuntimeError) and ("inline_container" in first or "enforce fail" in first):
+        return f"the write was cut short, most often by a full disk (torch: {first})"
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
 def save_torch(path: str | Path, obj: Any) -> None:
+    """torch.save atomically; WriteFailed (one line) when the file cannot be written. Nothing is left behind."""
     import torch
 
-    atomic_write(path, lambda f: torch.save(obj, f), binary=True)
+    try:
+        atomic_write(path, lambda f: torch.save(obj, f), binary=True)
+    except (OSError, RuntimeError) as exc:
+        failed = WriteFailed(f"cannot write {path} ({write_error_cause(exc)})")
+        failed.errno = getattr(exc, "errno", None) or errno.EIO
+        raise failed from exc
 
 
 def check_writable(out: str | Path) -> None:

@@ -157,7 +157,7 @@ def launch_slurm(cells: Sequence[Cell], opts: LaunchOptions, job_name: str = "sa
     _cluster(opts)  # before touching anything
     if opts.retry_failed:
         prepare_retry(cells)
-    todo = [c for c in cells if cell_state(c.run_dir) not in (*DONE, State.FAILED, State.RUNNING)]
+    todo = [c for c in cells if cell_state(c.run_dir) not in (*DONE, State.FAILED, State.RUNNING, State.DAMAGED)]
     if not todo:
         print("nothing to submit: every cell is finished, diverged, failed or running", flush=True)
         return []

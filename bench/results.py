@@ -3,7 +3,8 @@
 A row is the run's summary.json with nested fields flattened: `hparams` become `hp_<name>`,
 method extras (saf_store_bytes, ...) keep their own names, and hessian.json adds `lambda_max`
 and `hessian_trace` (plus its stderr, the top eigenvalues, the sample count and the command and
-commit that measured them) when the run measured them. Lists are written
+commit that measured them) when the run measured them, and only when its `epoch` is the run's
+`epochs_completed`: a measurement of an earlier model is never shown as the final one's. Lists are written
 as JSON text. Since rows come from the summaries each time, a crash can cost at most a stale
 file, and the next rebuild repairs it.
 """
@@ -19,6 +20,7 @@ from typing import Any
 import pandas as pd
 
 from . import io
+from .damage import DamagedFile, damaged_files
 from .run import SUMMARY
 
 RESULTS = "results.csv"
@@ -36,6 +38,8 @@ def result_row(run_dir: Path) -> dict[str, Any] | None:
         summary = json.loads((run_dir / SUMMARY).read_text())
     except (OSError, ValueError):
         return None
+    if not isinstance(summary, dict):
+        return None
     row: dict[str, Any] = {}
     for key, value in summary.items():
         if key == "hparams" and isinstance(value, dict):
@@ -51,18 +55,34 @@ def result_row(run_dir: Path) -> dict[str, Any] | None:
         hessian = json.loads((run_dir / HESSIAN).read_text())
     except (OSError, ValueError):
         hessian = {}
+    if not isinstance(hessian, dict) or hessian.get("epoch") != summary.get("epochs_completed"):
+        hessian = {}  # measured another model than the run's last (e.g. before a resume trained on)
     for src, dst in _HESSIAN_FIELDS.items():
         if src in hessian:
             row[dst] = json.dumps(hessian[src]) if isinstance(hessian[src], list) else hessian[src]
     return row
 
 
-def collect_results(folder: str | Path) -> pd.DataFrame:
-    """Every run directory directly under `folder` with a summary, one row each, sorted by name."""
+def collect_results(folder: str | Path, damaged: list[DamagedFile] | None = None,
+                    check: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Every run directory directly under `folder` with a summary, one row each, sorted by name.
+
+    A run whose summary.json (or a file named in `check`) exists but cannot be read has no row;
+    its damage is appended to `damaged` so that the caller can say so.
+    """
     folder = Path(folder)
     run_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")) \
         if folder.is_dir() else []
-    rows = [r for r in map(result_row, run_dirs) if r is not None]
+    rows = []
+    for run_dir in run_dirs:
+        damage = damaged_files(run_dir, (SUMMARY, *check))
+        if damage:
+            if damaged is not None:
+                damaged.extend(damage)
+            continue
+        row = result_row(run_dir)
+        if row is not None:
+            rows.append(row)
     frame = pd.DataFrame(rows)
     if frame.empty:
         return pd.DataFrame(columns=list(LEADING))

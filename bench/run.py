@@ -29,8 +29,9 @@ from tqdm import tqdm
 
 import optimizers
 
-from . import io
+from . import faultpoints, io
 from .config import RunConfig
+from .damage import CHECKPOINT, CONFIG, METRICS, SUMMARY, check_run_dir, load_torch
 from .data import create_data
 from .distributed import DistInfo, all_reduce_sum, init_from_env
 from .errors import UsageError
@@ -40,10 +41,10 @@ from .sharpness import sam_sharpness
 from .schedules import base_optimizer, lr_range, lr_scheduler
 from .tensorboard_log import TensorBoardLog
 
-CHECKPOINT = "checkpoint.pt"
-SUMMARY = "summary.json"
-METRICS = "metrics.csv"
-CONFIG = "config.yaml"
+
+
+# Set by a grid process for the torchrun it starts: the path of the cell lock it holds on the run's behalf.
+LOCK_HELD_ENV = "SAFBENCH_LOCK_HELD"
 
 
 def resolve_device(config: RunConfig, info: DistInfo | None = None) -> torch.device:
@@ -53,12 +54,14 @@ def resolve_device(config: RunConfig, info: DistInfo | None = None) -> torch.dev
 
 
 def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    """The summary, or None when there is none or it is damaged (bench.damage tells which)."""
     import json
 
     try:
-        return json.loads((run_dir / SUMMARY).read_text())
+        summary = json.loads((run_dir / SUMMARY).read_text())
     except (OSError, ValueError):
         return None
+    return summary if isinstance(summary, dict) else None
 
 
 def closest_runs(out: Path, name: str, limit: int = 3) -> str:
@@ -66,7 +69,8 @@ def closest_runs(out: Path, name: str, limit: int = 3) -> str:
     import difflib
 
     prefix = name.rsplit("-", 1)[0]
-    names = sorted(p.name for p in out.iterdir() if p.is_dir()) if out.is_dir() else []
+    names = sorted(p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+        if out.is_dir() else []
     same = [n for n in names if n.startswith(prefix + "-")]
     others = difflib.get_close_matches(name, [n for n in names if n not in same], n=limit, cutoff=0.0)
     return ", ".join((same + others)[:limit]) or "none"
@@ -93,8 +97,12 @@ def _sync(device: torch.device) -> None:
 class Run:
     """Sets a run up from a validated config; `train()` runs the epochs and writes the run directory."""
 
-    def __init__(self, config: RunConfig, *, resume: bool = False, command: str | None = None) -> None:
+    def __init__(self, config: RunConfig, *, resume: bool = False, command: str | None = None,
+                 locked: bool = False) -> None:
+        """`locked`: the caller holds the run's lock (a grid cell); otherwise the run takes it itself."""
         self.resume = resume
+        self.locked = locked
+        self._lock: Any = None
         self.info = init_from_env("cuda" if resolve_device(config).type == "cuda" else "cpu")
         self.device = resolve_device(config, self.info)
         # The name (hash) is the requested config's; config.yaml records the values actually used.
@@ -138,6 +146,7 @@ class Run:
         self.tensorboard = TensorBoardLog(self.run_dir) if self.config.tensorboard and self.info.is_main else None
         self.rows: list[dict[str, Any]] = []
         self.start_epoch = 0
+        self.saved_epochs = 0  # epochs in the checkpoint on disk: all a failed run can claim
         self.elapsed_s = 0.0
         self._prepare_run_dir()
 
@@ -157,7 +166,45 @@ class Run:
         return batches
 
     # ---- run directory ---------------------------------------------------------------------------
+    def _take_lock(self) -> None:
+        """The grid's cell lock on this run directory, so that two processes never train one run; then
+        the temporary files a killed writer left are removed (safe only under the lock)."""
+        from .cells import CellLock, lock_holder, lock_path, remove_leftovers
+
+        path = lock_path(self.run_dir)
+        ok = True
+        held = os.environ.get(LOCK_HELD_ENV)
+        if self.info.is_main and not self.locked and not (held and os.path.realpath(held) == os.path.realpath(path)):
+            self._lock = CellLock(path)
+            ok = self._lock.acquire(wait_s=0)
+        if self.info.enabled:  # every rank learns whether rank 0 got it
+            ok = bool(all_reduce_sum(torch.tensor([0.0 if ok else 1.0], device=self.device), self.info).item() == 0)
+        if not ok:
+            raise UsageError(f"run directory {self.run_dir} is in use by another process "
+                             f"({lock_holder(path) or 'lock ' + str(path)}); wait for it to end, or stop it first")
+        if self.info.is_main:
+            remove_leftovers(self.run_dir)
+        if self.info.enabled:
+            dist.barrier()
+
+    def release(self) -> None:
+        """Drop the run's lock (train() does this when it returns or raises)."""
+        if getattr(self, "_lock", None) is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __del__(self) -> None:  # a Run made but never trained (tests, tools) must not keep its lock
+        self.release()
+
     def _prepare_run_dir(self) -> None:
+        self._take_lock()
+        try:
+            self._prepare_locked_run_dir()
+        except BaseException:
+            self.release()
+            raise
+
+    def _prepare_locked_run_dir(self) -> None:
         checkpoint = self.run_dir / CHECKPOINT
         taken = self.run_dir.exists() and any(self.run_dir.iterdir())
         if self.info.enabled:
@@ -168,14 +215,28 @@ class Run:
         if taken and not self.resume:
             raise UsageError(f"run directory {self.run_dir} already exists: pass --resume to continue it, "
                              "or choose another --out")
+        if self.resume and taken:
+            check_run_dir(self.run_dir)  # a damaged file: one line saying what to do, and nothing written
         if self.resume and checkpoint.exists():
-            self._load_checkpoint(checkpoint)
+            refused: UsageError | None = None
+            try:
+                self._load_checkpoint(checkpoint)
+            except UsageError as exc:
+                refused = exc
+            if self.info.enabled:  # every rank stops if one refuses its shard: none trains on alone
+                flags = torch.zeros(self.info.world_size, device=self.device)
+                flags[self.info.rank] = 1.0 if refused else 0.0
+                bad = [r for r, f in enumerate(all_reduce_sum(flags, self.info).tolist()) if f]
+                if bad and refused is None:
+                    refused = UsageError(f"checkpoint {checkpoint} was refused by rank {bad[0]} (its line says why)")
+            if refused is not None:
+                raise refused
         if self.info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             io.write_yaml(self.run_dir / CONFIG, self.config.to_dict())
 
     def _load_checkpoint(self, path: Path) -> None:
-        state = torch.load(path, map_location=self.device, weights_only=True)
+        state = load_torch(path, self.device, keys=("epoch", "model", "method", "scheduler", "rng_cpu", "metrics"))
         if state.get("config_hash") != self.config_hash:
             theirs, ours = state.get("identity", {}), self.config.identity()
             diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
@@ -183,26 +244,83 @@ class Run:
         if state.get("world_size", 1) != self.info.world_size:
             raise UsageError(f"checkpoint {path} was written with world size {state.get('world_size')}, "
                              f"this run has {self.info.world_size}")
-        self.net.load_state_dict(state["model"])
         method_state = state["method"]
         if self.info.rank > 0:  # sharded method state (the SAF store) lives in a per-rank file
-            method_state = torch.load(path.with_name(f"checkpoint-rank{self.info.rank}.pt"),
-                                      map_location=self.device, weights_only=True)
+            method_state = self._load_shard(path, state)
+        self.net.load_state_dict(state["model"])
         self.method.load_state_dict(method_state)
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng_cpu"])
         if self.device.type == "cuda" and "rng_cuda" in state:
             torch.cuda.set_rng_state(state["rng_cuda"].cpu(), self.device)
         self.rows = list(state["metrics"])
-        self.start_epoch = int(state["epoch"])
+        self.start_epoch = self.saved_epochs = int(state["epoch"])
         self.elapsed_s = float(state["elapsed_s"])
 
+    def _load_shard(self, path: Path, state: dict[str, Any]) -> Any:
+        """This rank's shard of the checkpoint: the file checkpoint.pt names, holding its epoch and id."""
+        epoch, ckpt_id = int(state["epoch"]), state.get("checkpoint_id")
+        shard = path.with_name(shard_name(self.info.rank, epoch))
+        if ckpt_id is None:
+            raise UsageError(f"checkpoint {path} (world size {self.info.world_size}) was written by an older "
+                             "safbench without shard ids, so its per-rank shards cannot be checked to be of the "
+                             "same epoch; delete the checkpoint files to restart the run")
+        if not shard.exists():
+            raise UsageError(f"checkpoint {path} (epoch {epoch}) names shard {shard.name}, which is missing: "
+                             "the checkpoint is incomplete; delete the checkpoint files to restart the run")
+        data = load_torch(shard, self.device, keys=("epoch", "checkpoint_id", "rank", "method"))
+        if (data["epoch"], data["checkpoint_id"], data["rank"]) != (epoch, ckpt_id, self.info.rank):
+            raise UsageError(f"checkpoint shard {shard} (epoch {data['epoch']}, id {data['checkpoint_id']}) does not "
+                             f"belong to {path} (epoch {epoch}, id {ckpt_id}); refusing to mix them: delete the "
+                             "checkpoint files to restart the run")
+        return data["method"]
+
     def _save_checkpoint(self, epoch: int) -> None:
+        try:
+            self._write_checkpoint(epoch)
+        except io.WriteFailed as exc:
+            done = f"from epoch {self.saved_epochs}" if self.saved_epochs else "from epoch 0"
+            failed = io.WriteFailed(f"{exc}; free space or make the folder writable (or copy the run directory "
+                                    f"elsewhere and use that --out), then run --resume to continue {done}")
+            failed.errno = exc.errno
+            raise failed from exc
+        self.saved_epochs = epoch
+
+    def _write_checkpoint(self, epoch: int) -> None:
+        """One checkpoint as a unit, whatever the world size. Every rank > 0 writes its epoch-stamped shard
+        (checkpoint-rank<r>-e<epoch>.pt) carrying the checkpoint's id; all meet; rank 0 atomically replaces
+        checkpoint.pt, which names the id; all meet; only then are older shards removed. A crash at any
+        point leaves checkpoint.pt with the shards it names, and a resume checks every shard against it."""
         method_state = self.method.state_dict()
+        ckpt_id = self._new_checkpoint_id()
         if self.info.rank > 0:
-            io.save_torch(self.run_dir / f"checkpoint-rank{self.info.rank}.pt", method_state)
-            return
-        state = {"epoch": epoch, "model": self.net.state_dict(), "method": method_state,
+            io.save_torch(self.run_dir / shard_name(self.info.rank, epoch),
+                          {"epoch": epoch, "checkpoint_id": ckpt_id, "rank": self.info.rank, "method": method_state})
+        faultpoints.reached(f"checkpoint-shard-e{epoch}", self.info.rank)
+        if self.info.enabled:
+            dist.barrier()
+        faultpoints.reached(f"checkpoint-shards-e{epoch}", self.info.rank)
+        if self.info.is_main:
+            self._write_main_checkpoint(epoch, ckpt_id, method_state)
+        if self.info.enabled:
+            dist.barrier()
+            faultpoints.reached(f"checkpoint-main-e{epoch}", self.info.rank)
+            for old in self.run_dir.glob(f"checkpoint-rank{self.info.rank}*.pt"):
+                if old.name != shard_name(self.info.rank, epoch):
+                    old.unlink(missing_ok=True)
+
+    def _new_checkpoint_id(self) -> str:
+        """Drawn by rank 0 (not from torch's generator: resuming stays bit for bit) and shared with every rank."""
+        import secrets
+
+        value = torch.tensor([secrets.randbits(62) if self.info.is_main else 0], dtype=torch.int64,
+                             device=self.device)
+        if self.info.enabled:
+            dist.broadcast(value, 0)
+        return f"{int(value.item()):016x}"
+
+    def _write_main_checkpoint(self, epoch: int, ckpt_id: str, method_state: Any) -> None:
+        state = {"epoch": epoch, "checkpoint_id": ckpt_id, "model": self.net.state_dict(), "method": method_state,
                  "scheduler": self.scheduler.state_dict(), "rng_cpu": torch.get_rng_state(),
                  "config_hash": self.config_hash, "identity": self.config.identity(),
                  "world_size": self.info.world_size, "metrics": self.rows, "elapsed_s": self.elapsed_s}
@@ -212,11 +330,20 @@ class Run:
 
     # ---- training --------------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
+        try:
+            return self._train()
+        finally:
+            self.release()
+
+    def _train(self) -> dict[str, Any]:
         if self.resume and (summary := read_summary(self.run_dir)) and summary.get("status") == "finished":
+            if self.info.is_main and self.rows and not (self.run_dir / METRICS).exists():
+                io.write_csv(self.run_dir / METRICS, pd.DataFrame(self.rows))  # deleted: rebuilt from the checkpoint
             return summary
         status, error = "finished", None
         try:
             for epoch in range(self.start_epoch, self.config.epochs):
+                faultpoints.reached(f"epoch-{epoch}", self.info.rank)
                 row = self._epoch(epoch)
                 self.rows.append(row)
                 if not math.isfinite(row["train_loss"]):
@@ -226,6 +353,7 @@ class Run:
                 if self.info.enabled:
                     torch.distributed.barrier()
                 self._save_checkpoint(epoch + 1)
+                faultpoints.reached(f"after-checkpoint-e{epoch + 1}", self.info.rank)
                 if self.info.is_main:
                     io.write_csv(self.run_dir / METRICS, pd.DataFrame(self.rows))
                     if self.tensorboard is not None:
@@ -237,7 +365,10 @@ class Run:
             raise  # interrupted: the checkpoint stays, the run resumes later
         except Exception as exc:  # noqa: BLE001 - recorded in the summary, then re-raised
             status, error = "failed", f"{type(exc).__name__}: {exc}"
-            self._write_summary(status, error)
+            try:
+                self._write_summary(status, error)
+            except OSError:
+                pass  # e.g. the same full disk: the error the user sees is the first one
             raise
         if self.info.is_main:
             io.write_csv(self.run_dir / METRICS, pd.DataFrame(self.rows))
@@ -322,7 +453,8 @@ class Run:
                 f"{row['images_per_s']:.0f} img/s  {row['epoch_time_s']:.1f} s")
 
     def _write_summary(self, status: str, error: str | None) -> dict[str, Any]:
-        rows = self.rows
+        # A failed run claims only what its checkpoint holds (an epoch trained but not saved is lost).
+        rows = self.rows[:self.saved_epochs] if status == "failed" else self.rows
         speeds = [r["images_per_s"] for r in rows[1:]] or [r["images_per_s"] for r in rows]
         finite = [r for r in rows if math.isfinite(r["train_loss"])]
         summary = {
@@ -354,6 +486,14 @@ class Run:
         return summary
 
 
-def run(config: RunConfig, *, resume: bool = False, command: str | None = None) -> dict[str, Any]:
-    """Train one config to the end (or resume it) and return its summary."""
-    return Run(config, resume=resume, command=command).train()
+def shard_name(rank: int, epoch: int) -> str:
+    """The file of rank `rank`'s share of the checkpoint after `epoch` epochs (ranks > 0 only)."""
+    return f"checkpoint-rank{rank}-e{epoch}.pt"
+
+
+def run(config: RunConfig, *, resume: bool = False, command: str | None = None,
+        locked: bool = False) -> dict[str, Any]:
+    """Train one config to the end (or resume it) and return its summary.
+
+    The run takes its lock (bench.cells) unless `locked` says the caller holds it already."""
+    return Run(config, resume=resume, command=command, locked=locked).train()

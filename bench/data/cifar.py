@@ -1,7 +1,10 @@
 """CIFAR-10/100 from torchvision's on-disk layout of pickled batches, held on the device.
 
 The pickles are read directly: torchvision's loader md5-checks every file, which would reject
-the small fakes tests write; its downloader is still used for `download=True`.
+the small fakes tests write; its downloader is still used for `download=True`. They are read with
+a restricted unpickler that admits only what the format holds (dicts, lists, bytes, str, numbers
+and numpy arrays rebuilt by numpy's own functions): a crafted file under a shared --data-root
+cannot run code, it is refused in one line.
 """
 
 from __future__ import annotations
@@ -44,11 +47,50 @@ CIFAR100 = CifarLayout(
 )
 
 
+# The only globals a CIFAR batch pickle refers to: numpy's array and scalar reconstructors (under
+# numpy 1's and numpy 2's module names) and, in protocol-2 pickles written by Python 3, bytes.
+_ALLOWED_GLOBALS = frozenset({
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("_codecs", "encode"), ("builtins", "bytes"), ("__builtin__", "bytes"),
+})
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    def __init__(self, fh, path: Path) -> None:
+        super().__init__(fh, encoding="bytes")
+        self.path = path
+
+    def find_class(self, module: str, name: str):  # noqa: ANN201 - pickle's signature
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise UsageError(f"{self.path} refers to {module}.{name}, which a CIFAR batch file never holds: "
+                             "refusing to unpickle it (replace the file with the real dataset, e.g. --download "
+                             "into an empty data root)")
+        return super().find_class(module, name)
+
+
+def read_batch(path: Path) -> dict:
+    """One pickled CIFAR batch (a dict with bytes keys), read by the restricted unpickler."""
+    try:
+        with open(path, "rb") as fh:
+            batch = _BatchUnpickler(fh, path).load()
+    except UsageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - truncated or not a pickle: many types
+        raise UsageError(f"{path} is not a readable CIFAR batch file ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else 'truncated'}); replace it with the real "
+                         "dataset, e.g. --download into an empty data root") from None
+    if not isinstance(batch, dict):
+        raise UsageError(f"{path} is not a CIFAR batch file (holds a {type(batch).__name__}, not a dict); "
+                         "replace it with the real dataset")
+    return batch
+
+
 def _read_batches(folder: Path, files: tuple[str, ...], label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
     images, labels = [], []
     for f in files:
-        with open(folder / f, "rb") as fh:
-            batch = pickle.load(fh, encoding="bytes")
+        batch = read_batch(folder / f)
         images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))  # stored CHW
         labels.append(np.asarray(batch[label_key], dtype=np.int64))
     return np.concatenate(images), np.concatenate(labels)

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from bench.cells import State, cell_state, lock_path
@@ -195,7 +196,7 @@ def test_dry_run_lists_every_state_and_writes_nothing(tmp_path: Path, capsys) ->
     _summary(cells[2].run_dir, "diverged")
     _summary(cells[3].run_dir, "failed")
     cells[4].run_dir.mkdir()
-    (cells[4].run_dir / "checkpoint.pt").write_bytes(b"x")  # interrupted: checkpoint, no summary
+    torch.save({"epoch": 1}, cells[4].run_dir / "checkpoint.pt")  # interrupted: checkpoint, no summary
     lock = lock_path(cells[5].run_dir)
     lock.parent.mkdir(parents=True)
     fd = os.open(lock, os.O_RDWR | os.O_CREAT)

@@ -17,6 +17,7 @@ import pytest
 from bench.cell_runner import cell_config_path
 from bench.cells import State, cell_state
 from bench.cli import main
+from bench.faultpoints import PAUSE_ENV
 from bench.grid import load_grid
 from tests.bench.grid_util import (
     REPO,
@@ -107,10 +108,14 @@ def test_torchrun_cell_on_two_cpu_processes_survives_a_killed_grid(tmp_path: Pat
     out = tmp_path / "out"
     (cell,) = load_grid(path).cells(out=str(out))
     args = ("grid", str(path), "--out", str(out), "--nproc-per-node", "2")
-    grid = subprocess.Popen(bench_cmd(*args), cwd=REPO, env=cli_env(), stdout=subprocess.DEVNULL,
+    # Rank 0 stops right after the first checkpoint (a barrier this test never opens): the kill lands
+    # there every time, not wherever the machine's load puts it.
+    entered = tmp_path / "checkpointed"
+    env = {**cli_env(), PAUSE_ENV: f"after-checkpoint-e1@0:{entered}:{tmp_path / 'never'}"}
+    grid = subprocess.Popen(bench_cmd(*args), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    _wait_for(lambda: (cell.run_dir / "checkpoint.pt").exists() or grid.poll() is not None,
-              what="the first DDP checkpoint")
+    _wait_for(lambda: entered.exists() or grid.poll() is not None, what="the first DDP checkpoint")
+    assert grid.poll() is None
     grid.send_signal(signal.SIGKILL)
     grid.wait()
     # torchrun and its workers must not outlive the grid and keep training an unlocked cell.
@@ -123,7 +128,7 @@ def test_torchrun_cell_on_two_cpu_processes_survives_a_killed_grid(tmp_path: Pat
     summary = json.loads((cell.run_dir / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["world_size"] == 2
     assert [s["resume"] for s in start_events(cell.run_dir)] == [False, True]
-    assert (cell.run_dir / "checkpoint-rank1.pt").exists()  # rank 1's share of the SAF store
+    assert (cell.run_dir / "checkpoint-rank1-e12.pt").exists()  # rank 1's share of the SAF store
     assert pd.read_csv(out / "results.csv")["world_size"].tolist() == [2]
     # Resumed on two processes, it matches an uninterrupted two-process run.
     ref = subprocess.run(bench_cmd("grid", str(path), "--out", str(tmp_path / "ref"), "--nproc-per-node", "2"),
@@ -169,18 +174,18 @@ def test_torchrun_run_without_resume_into_a_fresh_directory(tmp_path: Path) -> N
     first = subprocess.run([*torchrun, *run_args], cwd=REPO, env=cli_env(), capture_output=True, text=True,
                            timeout=180)
     assert first.returncode == 0, first.stdout + first.stderr
-    (run_dir,) = out.iterdir()
+    (run_dir,) = (p for p in out.iterdir() if not p.name.startswith("."))  # .grid: the run's lock
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["world_size"] == 2
     # Each rank evaluated half the test set; the summed shares equal one process evaluating it all.
     loss, acc = _full_test_set_eval(run_dir)
     last = pd.read_csv(run_dir / "metrics.csv").iloc[-1]
     assert last["test_acc"] == acc and last["test_loss"] == pytest.approx(loss, rel=1e-5)
-    before = snapshot(out)
+    before = snapshot(run_dir)  # (the run's lock in out/.grid notes each taker)
     again = subprocess.run([*torchrun, *run_args], cwd=REPO, env=cli_env(), capture_output=True, text=True,
                            timeout=180)
     assert again.returncode != 0 and again.stderr.count("already exists: pass --resume") >= 2, again.stderr
-    assert snapshot(out) == before
+    assert snapshot(run_dir) == before
 
 
 # ---- gpus launcher -----------------------------------------------------------------------------------------

@@ -63,7 +63,7 @@ def test_grid_runs_every_cell_and_results_csv_equals_the_summaries(tmp_path: Pat
     cells = load_grid(path).cells(out=str(out))
     assert all(cell_state(c.run_dir) is State.FINISHED for c in cells)
     # Add a flatness measurement by hand: its fields join the row on the next rebuild.
-    (cells[0].run_dir / "hessian.json").write_text(json.dumps({"lambda_max": 12.5, "trace": 99.0}))
+    (cells[0].run_dir / "hessian.json").write_text(json.dumps({"lambda_max": 12.5, "trace": 99.0, "epoch": 2}))
     inode = (out / "results.csv").stat().st_ino
     assert main(["grid", str(path), "--out", str(out)]) == 0
     assert (out / "results.csv").stat().st_ino != inode  # replaced by a rename, never edited in place

@@ -163,12 +163,12 @@ def test_resume_without_a_matching_run_exits_2_naming_the_closest(tmp_path: Path
     base = ["run", "--dataset", "synthetic", "--model", "mlp_tiny", "--batch-size", "16", "--train-subset", "64",
             "--device", "cpu", "--num-workers", "0", "--no-progress", "--out", str(tmp_path)]
     assert main(base + ["--epochs", "1"]) == 0
-    before = sorted(p.name for p in tmp_path.iterdir())
+    before = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("."))  # .grid: the run's lock
     capsys.readouterr()
     assert main(base + ["--epochs", "2", "--resume"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no run with this config" in err[0] and before[0] in err[0]
-    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing new was started
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == before  # nothing new
 
 
 def test_debug_prints_the_traceback(tmp_path: Path) -> None:
