@@ -96,7 +96,22 @@ def test_a_pilot_folder_with_sgd_and_sam_only_gets_the_gain_claim() -> None:
     rows = _rows(1.0, 1.0)
     pilot = rows[rows["cell"].isin(["sgd", "sam"])]
     table = claims_frame(claims_table(pilot))
-    assert list(table["measure"]) == ["sam − sgd accuracy"] and table["verdict"].iloc[0] == REPRODUCED
+    assert list(table["measure"]) == ["sam − sgd accuracy", "sam − sgd final-epoch SAM sharpness"]
+    assert list(table["verdict"]) == [REPRODUCED, REPRODUCED]
+
+
+def test_a_share_of_sams_flatness_is_judged_only_where_sam_is_flatter() -> None:
+    rows = _rows(1.0, 1.0)
+    flat = claims_frame(claims_table(rows))
+    share = "(sgd − saf)/(sgd − sam) final-epoch SAM sharpness, bootstrap"
+    assert flat[flat["measure"] == share]["verdict"].iloc[0] != INCONCLUSIVE  # SAM 0.4 vs SGD 1.0: established
+    same = rows.copy()
+    is_sam = same["cell"] == "sam"
+    same.loc[is_sam, "final_sharpness"] = same.loc[same["cell"] == "sgd", "final_sharpness"].to_numpy() + \
+        np.array([0.02, -0.03, 0.01, -0.02, 0.03])
+    table = claims_frame(claims_table(same))
+    assert table[table["measure"] == "sam − sgd final-epoch SAM sharpness"]["verdict"].iloc[0] == INCONCLUSIVE
+    assert table[table["measure"] == share]["verdict"].iloc[0] == INCONCLUSIVE
 
 
 def test_throughput_claim_from_the_newest_matching_step_benchmark() -> None:
