@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 
 from bench import io
 
-from .report import METHOD_ORDER, dataset_name, is_missing, render_markdown, slug
+from .report import METHOD_ORDER, _setting_labels, aggregate, dataset_name, is_missing, render_markdown, slug
 
 METRICS = "metrics.csv"
 HESSIAN = "hessian.json"
@@ -583,13 +583,12 @@ def make_figures(rows: pd.DataFrame, cells: pd.DataFrame, folder: Path) -> list[
         key = f"{slug(d)}_{slug(folder_name)}" if apart else slug(d)
         name = dataset_name(d) + (f" ({folder_name})" if apart else "")
         r = rows[(rows["dataset"].astype(str) == d) & (rows["grid"].astype(str) == grid)]
-        in_grid = cells["grids"].astype(str).str.split(", ").map(lambda gs, g=grid: g in gs) \
-            if "grids" in cells else pd.Series(True, index=cells.index)
-        c = cells[(cells["dataset"] == d) & in_grid]
+        r = r.assign(setting=_setting_labels(r))  # what sets cells apart within this folder, not the dataset
+        c = aggregate(r) if len(groups) > 1 else cells[cells["dataset"] == d]  # this folder's cells alone
         curves_all, hess_all, land_all, dens_all = epoch_curves(r), hessian_curves(r), landscape_files(r), \
             density_files(r)
         if c["img_s_mean"].notna().any():
-            save(plot_throughput(c[c["img_s_mean"].notna()], f"{name}: training throughput"),
+            save(plot_throughput(c[c["img_s_mean"].notna()], f"{name}:\ntraining throughput"),
                  f"throughput_{key}", f"{name}: throughput per method",
                  "Median images/s of the post-warm-up epochs, mean ± std over seeds; above each bar its "
                  "share of the base optimizer's throughput on the same workload and hardware.")

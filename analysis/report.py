@@ -24,6 +24,7 @@ import pandas as pd
 import yaml
 
 from bench import io
+from bench.config import RunConfig
 from bench.errors import UsageError
 
 from . import claims
@@ -49,7 +50,7 @@ METHOD_ORDER = ("sgd", "adamw", "sam", "esam", "gsam", "looksam", "saf", "mesa")
 # Config columns that can set two cells of one (model, method) apart; the seed never does.
 CONFIG_COLUMNS = ("optimizer", "epochs", "batch_size", "lr", "momentum", "weight_decay", "nesterov",
                   "label_smoothing", "schedule", "warmup_epochs", "lr_milestones", "lr_gamma", "bn_update",
-                  "train_subset", "label_noise", "augment", "precision", "world_size", "device_name")
+                  "train_subset", "label_noise", "augment", "precision", "world_size")
 # Throughput is only comparable between runs of the same workload on the same hardware.
 THROUGHPUT_MATCH = ("dataset", "model", "optimizer", "batch_size", "precision", "world_size", "device_name")
 PROVENANCE_COLUMNS = ("git_commit", "torch_version", "python_version", "torchvision_version", "timm_version",
@@ -91,7 +92,12 @@ def _config_columns(run_dir: Path) -> dict[str, Any]:
         values = yaml.safe_load((run_dir / CONFIG).read_text()) or {}
     except (OSError, yaml.YAMLError):
         return {}
+    # A key added after a run was made did not exist for it: the run used that key's default.
+    values = {**_ADDED_KEY_DEFAULTS, **values}
     return {k: (str(v) if isinstance(v, list) else v) for k, v in values.items() if k in CONFIG_COLUMNS}
+
+
+_ADDED_KEY_DEFAULTS = {k: RunConfig.__dataclass_fields__[k].default for k in ("label_noise", "augment")}
 
 
 def read_folder(folder: Path, damaged: list | None = None) -> pd.DataFrame:
@@ -112,6 +118,9 @@ def read_folder(folder: Path, damaged: list | None = None) -> pd.DataFrame:
         extra = [_config_columns(folder / name) for name in frame["run_dir"]]
         for key in sorted({k for e in extra for k in e} - set(frame.columns)):
             frame[key] = [e.get(key) for e in extra]
+        for key, default in _ADDED_KEY_DEFAULTS.items():  # runs made before the key existed used its default
+            if key in frame.columns:
+                frame[key] = frame[key].astype(object).where(frame[key].notna(), default)
     csv = folder / RESULTS_CSV
     if csv.exists():
         try:

@@ -36,7 +36,7 @@ def save_sharpness_figure(rows: pd.DataFrame, grid: str, out_dir: Path, order: l
     curves = sharpness_curves(rows)
     if curves.empty:
         return None
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    fig, ax = plt.subplots(figsize=(7.5, 5.0))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     cells = [c for c in order if c in set(curves["cell"])] + sorted(set(curves["cell"]) - set(order))
     for i, cell in enumerate(cells):
@@ -60,7 +60,7 @@ def save_sharpness_figure(rows: pd.DataFrame, grid: str, out_dir: Path, order: l
     ax.set_ylabel("L(w + ρ g/‖g‖) − L(w), ρ = 0.05")
     ax.set_yscale("log")
     ax.set_title(f"SAM sharpness per epoch: {Path(grid).name}\n(mean over seeds; band: min to max)", fontsize=10)
-    ax.legend(fontsize=8, ncol=2)
+    ax.legend(fontsize=8, ncol=5, loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     stem = out_dir / f"sharpness_epochs_{re.sub(r'[^A-Za-z0-9_-]+', '_', Path(grid).name)}"
