@@ -122,4 +122,5 @@ def print_cells(file: str, out: str, cells: Iterable[Cell]) -> None:
         holder = f"  [held by {lock_holder(lock_path(cell.run_dir))}]" if state is State.RUNNING else ""
         print(f"{i:>4}  {state.value:<11}  {cell.hash:<10}  {cell.name:<{width}}  {cell.describe()}{holder}",
               flush=i <= 100 or i % 1000 == 0)
-    print(f"{sum(counts.values())} cells; states: " + ", ".join(f"{counts[s]} {s.value}" for s in State if counts[s]))
+    print("states: " + ", ".join(f"{counts[s]} {s.value}" for s in State if counts[s])
+          + f" ({sum(counts.values())} cells)")

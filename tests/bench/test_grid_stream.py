@@ -72,4 +72,4 @@ def test_cli_dry_run_streams(tmp_path: Path, monkeypatch, capsys: pytest.Capture
     monkeypatch.undo()
     small = write_grid(tmp_path / "s.yaml", grid={"seed": [0, 1, 2]})
     assert main(["grid", str(small), "--out", str(tmp_path / "o"), "--dry-run"]) == 0
-    assert capsys.readouterr().out.splitlines()[-1] == "3 cells; states: 3 pending"
+    assert capsys.readouterr().out.splitlines()[-1] == "states: 3 pending (3 cells)"
