@@ -159,7 +159,7 @@ def density_for_run_dir(run_dir: str | Path, *, samples: int = 1000, n_iter: int
     meta = {"kind": "hessian_density", "run_dir": run_dir.name, "method": config.method,
             "dataset": config.dataset, "model": config.model, "samples": samples, "n_iter": d.n_iter,
             "n_v": d.n_v, "dim": d.dim, "sigma": d.sigma, "seed": seed, "bn_mode": bn_mode,
-            "epoch": _epochs_done(run_dir), "seconds": time.perf_counter() - start,
+            "epoch": model.checkpoint_epoch, "seconds": time.perf_counter() - start,
             **density_summary(d.eigenvalues, d.weights), **provenance(dev, command)}
     path = run_dir / HESSIAN_DENSITY
     save_landscape(path, {"nodes": d.eigenvalues, "weights": d.weights, "grid": d.grid, "density": d.density},

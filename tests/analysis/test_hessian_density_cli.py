@@ -24,7 +24,7 @@ TINY = {"model": "mlp_tiny", "batch_size": 32, "train_subset": 64, "device": "cp
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("density") / "g"
     run(RunConfig.from_dict({**TINY, "method": "sgd", "out": str(out)}), command="safbench run ...")
-    (found,) = out.iterdir()
+    (found,) = [p for p in out.iterdir() if (p / "summary.json").exists()]  # beside it: the run's lock
     return found
 
 

@@ -24,7 +24,7 @@ def test_event_files_hold_every_metrics_row(tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run(RunConfig.from_dict({**TINY, "tensorboard": True, "out": str(tmp_path)}), command="safbench run ...")
-    (run_dir,) = tmp_path.iterdir()
+    (run_dir,) = (p for p in tmp_path.iterdir() if not p.name.startswith("."))  # .grid: the run's lock
     metrics = pd.read_csv(run_dir / "metrics.csv")
     events = EventAccumulator(str(run_dir / TENSORBOARD_DIR))
     events.Reload()
@@ -42,7 +42,7 @@ def test_without_the_flag_no_event_files_and_the_same_run_name(tmp_path: Path) -
     plain = RunConfig.from_dict({**TINY, "out": str(tmp_path)})
     assert RunConfig.from_dict({**TINY, "tensorboard": True, "out": str(tmp_path)}).run_name() == plain.run_name()
     run(plain, command="safbench run ...")
-    (run_dir,) = tmp_path.iterdir()
+    (run_dir,) = (p for p in tmp_path.iterdir() if not p.name.startswith("."))  # .grid: the run's lock
     assert not (run_dir / TENSORBOARD_DIR).exists()
 
 
