@@ -139,7 +139,7 @@ TABLES = ("paper_table_3", "dataset_synthetic", "dataset_cifar10", "dataset_fash
           "time_to_target_synthetic", "time_to_target_cifar10", "time_to_target_fashionmnist")
 # A second folder of a dataset (synthetic-short) gets figures of its own: folders can hold different regimes.
 FIGURES = ("throughput_synthetic", "cost_synthetic", "throughput_cifar10", "cost_cifar10", "throughput_fashionmnist",
-           "cost_fashionmnist", "throughput_synthetic_synthetic-short", "cost_synthetic_synthetic-short")
+           "cost_fashionmnist", "throughput_synthetic_synthetic_short", "cost_synthetic_synthetic_short")
 FLATNESS_FIGURES = ("lambda_max_synthetic", "landscape_1d_synthetic_mlp_tiny", "landscape_2d_synthetic_mlp_tiny",
                     "landscape_3d_synthetic_mlp_tiny", "hessian_density_synthetic_mlp_tiny")
 
