@@ -50,7 +50,9 @@ METHOD_ORDER = ("sgd", "adamw", "sam", "esam", "gsam", "looksam", "saf", "mesa")
 # Config columns that can set two cells of one (model, method) apart; the seed never does.
 CONFIG_COLUMNS = ("optimizer", "epochs", "batch_size", "lr", "momentum", "weight_decay", "nesterov",
                   "label_smoothing", "schedule", "warmup_epochs", "lr_milestones", "lr_gamma", "bn_update",
-                  "train_subset", "label_noise", "augment", "precision", "world_size")
+                  "train_subset", "label_noise", "augment", "precision", "world_size", "device_name")
+# Keep cells of different hardware apart (their images/s differ) without naming the hardware in every label.
+UNLABELLED_COLUMNS = ("device_name",)
 # Throughput is only comparable between runs of the same workload on the same hardware.
 THROUGHPUT_MATCH = ("dataset", "model", "optimizer", "batch_size", "precision", "world_size", "device_name")
 PROVENANCE_COLUMNS = ("git_commit", "torch_version", "python_version", "torchvision_version", "timm_version",
@@ -216,7 +218,7 @@ def _setting_labels(rows: pd.DataFrame) -> pd.Series:
     epochs=10 and an epochs=200 grid stay apart for every method; method hyperparameters only
     within the method (SGD has no rho, which is not a difference).
     """
-    general = [c for c in CONFIG_COLUMNS if c in rows.columns]
+    general = [c for c in CONFIG_COLUMNS if c in rows.columns and c not in UNLABELLED_COLUMNS]
     hparams = sorted(c for c in rows.columns if c.startswith("hp_"))
     labels = pd.Series("", index=rows.index, dtype=object)
     for _, family in rows.groupby(["family", "model_key"], sort=False, dropna=False):
