@@ -181,7 +181,8 @@ def claims_table(rows: pd.DataFrame, *, base: str = "sgd", sam: str = "sam", saf
                          verdict(share, threshold), f"CI ≥ {threshold}"))
         first = rows.iloc[0]
         bench = None if steps is None else step_throughput(
-            steps, method, model=str(first["model"]), dataset=str(first["dataset"]), batch_size=int(first["batch_size"]))
+            steps, method, model=str(first["model"]), dataset=str(first["dataset"]),
+            batch_size=int(first["batch_size"]))
         if bench is not None:
             out.append(Claim(f"(ii) {method.upper()} throughput ≥ {threshold:.0%} of SGD's",
                              f"{method}/{base} step throughput, interleaved benchmark (median, IQR over "

@@ -132,10 +132,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace, debug: bool) -> int:
+    if debug:  # --debug: every error with its whole traceback
+        return int(args.func(args) or 0)
     try:
         return int(args.func(args) or 0)
-    except Exception if debug else ():  # --debug: let the traceback through
-        raise
     except UsageError as exc:
         print(f"safbench: error: {exc}", file=sys.stderr)
         return 2

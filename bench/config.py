@@ -9,7 +9,6 @@ config records the values actually used, so equal experiments hash equally.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -191,7 +190,8 @@ class RunConfig:
             if value is None and optional:
                 continue
             if is_list:
-                if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+                ints = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+                if not ints:
                     raise UsageError(f"{f.name}={value!r} is invalid: expected a list of integers")
                 continue
             if kind is float and isinstance(value, int) and not isinstance(value, bool):

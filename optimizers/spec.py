@@ -46,7 +46,8 @@ class HParam:
             return value
         if self.type is str:
             if not isinstance(value, str) or (self.choices and value not in self.choices):
-                raise ValueError(f"{self.name}={value!r} is invalid: allowed values are {', '.join(self.choices or ())}")
+                allowed = ", ".join(self.choices or ())
+                raise ValueError(f"{self.name}={value!r} is invalid: allowed values are {allowed}")
             return value
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"{self.name}={value!r} is invalid: expected {self.type.__name__}")
@@ -66,7 +67,9 @@ class HParam:
     def interval(self) -> str:
         low = "-inf" if self.low is None else f"{self.low:g}"
         high = "inf" if self.high is None else f"{self.high:g}"
-        return f"{'(' if self.low_open or self.low is None else '['}{low}, {high}{')' if self.high_open or self.high is None else ']'}"
+        left = "(" if self.low_open or self.low is None else "["
+        right = ")" if self.high_open or self.high is None else "]"
+        return f"{left}{low}, {high}{right}"
 
     def allowed(self) -> str:
         """What the help text and the README say is allowed."""

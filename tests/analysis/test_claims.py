@@ -8,8 +8,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.claims import (INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, Interval, bootstrap_ratio, claims_frame,
-                             claims_table, label_cells, t_interval, verdict, verdict_below)
+from analysis.claims import (
+    INCONCLUSIVE,
+    NOT_REPRODUCED,
+    REPRODUCED,
+    Interval,
+    bootstrap_ratio,
+    claims_frame,
+    claims_table,
+    label_cells,
+    t_interval,
+    verdict,
+    verdict_below,
+)
 
 T_975_DF4 = 2.7764451051977987  # Student's t 0.975 quantile, 4 degrees of freedom (printed tables)
 
@@ -59,7 +70,8 @@ def _rows(gain: float, saf_share: float, seeds: int = 5) -> pd.DataFrame:
         for method, epochs, acc, speed, sharp in (
                 ("sgd", 10, sgd, 1000.0, 1.0), ("sam", 10, sam, 500.0, 0.4),
                 ("saf", 10, sgd + saf_share * (sam - sgd), 990.0, 0.6), ("mesa", 10, sgd, 850.0, 0.9),
-                ("esam", 10, sam, 600.0, 0.5), ("sgd", 20, sgd + 0.001, 1000.0, 1.1), ("sam", 5, sgd - 0.01, 500.0, 0.5)):
+                ("esam", 10, sam, 600.0, 0.5), ("sgd", 20, sgd + 0.001, 1000.0, 1.1),
+                ("sam", 5, sgd - 0.01, 500.0, 0.5)):
             out.append({"method": method, "epochs": epochs, "seed": s, "final_test_acc": acc,
                         "images_per_s": speed * (1 + 0.001 * rng.standard_normal()),
                         "final_sharpness": sharp + 0.01 * rng.standard_normal()})
