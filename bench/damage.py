@@ -57,14 +57,20 @@ def _empty(path: Path) -> bool:
         return False
 
 
-def read_json_mapping(path: Path) -> dict[str, Any] | None:
-    """The JSON object in `path`; None if there is no file; DamagedFile if it is not a readable mapping."""
+def _read_text(path: Path) -> str | None:
+    """The file's text; None if there is none; DamagedFile if it cannot be read."""
     try:
-        text = path.read_text()
+        return path.read_text()
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError) as exc:
         raise DamagedFile(path, f"unreadable: {_first_line(exc)}") from None
+
+
+def read_json_mapping(path: Path) -> dict[str, Any] | None:
+    """The JSON object in `path`; None if there is no file; DamagedFile if it is not a readable mapping."""
+    if (text := _read_text(path)) is None:
+        return None
     try:
         value = json.loads(text)
     except ValueError:
@@ -78,12 +84,8 @@ def read_yaml_mapping(path: Path) -> dict[str, Any] | None:
     """The YAML mapping in `path`; None if there is no file; DamagedFile otherwise."""
     import yaml
 
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
+    if (text := _read_text(path)) is None:
         return None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DamagedFile(path, f"unreadable: {_first_line(exc)}") from None
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError:

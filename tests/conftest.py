@@ -25,3 +25,22 @@ def _one_thread_session() -> Iterator[None]:
 def _one_thread() -> Iterator[None]:
     torch.set_num_threads(1)  # also undoes a test, or a CLI it called (`--threads`), that changed it
     yield
+
+
+@pytest.fixture
+def interrupt_run_at(monkeypatch: pytest.MonkeyPatch):
+    """`interrupt_run_at(n)`: bench.run.Run raises KeyboardInterrupt when epoch n starts, after epoch n-1's
+    checkpoint, as a killed run leaves it; `interrupt_run_at(None)` restores the real epoch."""
+    from bench.run import Run
+
+    real_epoch = Run._epoch
+
+    def at(epoch: int | None) -> None:
+        def interrupted(self, e):
+            if e == epoch:
+                raise KeyboardInterrupt
+            return real_epoch(self, e)
+
+        monkeypatch.setattr(Run, "_epoch", real_epoch if epoch is None else interrupted)
+
+    return at

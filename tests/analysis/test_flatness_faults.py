@@ -13,26 +13,18 @@ from analysis.landscape import load_landscape
 from analysis.plots import hessian_curves, landscape_files
 from bench.cli import main
 from bench.results import result_row
-from bench.run import Run
 
 RUN = ["run", "--method", "sgd", "--dataset", "synthetic", "--model", "mlp_tiny", "--epochs", "2",
        "--batch-size", "16", "--train-subset", "64", "--device", "cpu", "--num-workers", "0", "--no-progress"]
 HESSIAN = ["--samples", "16", "--trace-samples", "2", "--device", "cpu"]
 
 
-def test_stale_hessian_is_not_the_final_models(tmp_path: Path, monkeypatch,
+def test_stale_hessian_is_not_the_final_models(tmp_path: Path, interrupt_run_at,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
-    real_epoch = Run._epoch
-
-    def stop_at_epoch_1(self, epoch):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return real_epoch(self, epoch)
-
-    monkeypatch.setattr(Run, "_epoch", stop_at_epoch_1)
+    interrupt_run_at(1)
     assert main([*RUN, "--out", str(out)]) == 130  # interrupted after epoch 0's checkpoint
-    monkeypatch.setattr(Run, "_epoch", real_epoch)
+    interrupt_run_at(None)
     (run_dir,) = [p for p in out.iterdir() if not p.name.startswith(".")]
 
     # Measuring the unfinished run needs a flag, and records the epoch it measured.

@@ -125,24 +125,18 @@ def test_esam_draws_follow_the_run_seed(tmp_path: Path) -> None:
     assert tiny(tmp_path, method="esam", seed=0).method_seed() != tiny(tmp_path, method="esam", seed=1).method_seed()
 
 
-def test_esam_summary_records_the_derived_seed_and_resume_continues_the_draws(tmp_path: Path, monkeypatch) -> None:
+def test_esam_summary_records_the_derived_seed_and_resume_continues_the_draws(tmp_path: Path,
+                                                                              interrupt_run_at) -> None:
     whole = tiny(tmp_path / "whole", method="esam", epochs=3, seed=4)
     run(whole, command="test")
     summary = json.loads((whole.run_dir() / "summary.json").read_text())
     assert summary["method_seed"] == optimizers.method_seed(4, "esam") == whole.method_seed()
 
     part = tiny(tmp_path / "part", method="esam", epochs=3, seed=4)
-    original_epoch = Run._epoch
-
-    def interrupted(self, epoch):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return original_epoch(self, epoch)
-
-    monkeypatch.setattr(Run, "_epoch", interrupted)
+    interrupt_run_at(1)
     with pytest.raises(KeyboardInterrupt):
         run(part)
-    monkeypatch.setattr(Run, "_epoch", original_epoch)
+    interrupt_run_at(None)
     run(part, resume=True)
     a = torch.load(whole.run_dir() / "checkpoint.pt", weights_only=True)["method"]["generator"]
     b = torch.load(part.run_dir() / "checkpoint.pt", weights_only=True)["method"]["generator"]

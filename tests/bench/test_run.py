@@ -78,25 +78,18 @@ def test_fashionmnist_subset_run(tmp_path: Path, fake_fashionmnist_root: Path) -
 
 
 @pytest.mark.parametrize("method", ["sgd", "esam", "saf", "mesa", "gsam", "looksam"])  # looksam resumes mid-cycle
-def test_interrupted_and_resumed_run_is_bitwise_identical(tmp_path: Path, method: str, monkeypatch) -> None:
+def test_interrupted_and_resumed_run_is_bitwise_identical(tmp_path: Path, method: str, interrupt_run_at) -> None:
     hp = trajectory_active(method)
     whole = tiny(tmp_path / "whole", method=method, epochs=3, model="cnn_small", **hp)
     run(whole)
 
     parts = tiny(tmp_path / "parts", method=method, epochs=3, model="cnn_small", **hp)
-    original_epoch = Run._epoch
-
-    def interrupted(self, epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return original_epoch(self, epoch)
-
-    monkeypatch.setattr(Run, "_epoch", interrupted)
+    interrupt_run_at(2)
     with pytest.raises(KeyboardInterrupt):
         run(parts)
     assert not (parts.run_dir() / "summary.json").exists()
     assert torch.load(parts.run_dir() / "checkpoint.pt", weights_only=True)["epoch"] == 2
-    monkeypatch.setattr(Run, "_epoch", original_epoch)
+    interrupt_run_at(None)
     run(parts, resume=True)
 
     cols = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr"]
