@@ -131,24 +131,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+def say(line: str) -> None:
+    """One line to stderr in one write: print() writes the text and its newline separately, and stderr is
+    unbuffered, so the ranks of a torchrun sharing one pipe would splice their lines together."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def _dispatch(args: argparse.Namespace, debug: bool) -> int:
     if debug:  # --debug: every error with its whole traceback
         return int(args.func(args) or 0)
     try:
         return int(args.func(args) or 0)
     except UsageError as exc:
-        print(f"safbench: error: {exc}", file=sys.stderr)
+        say(f"safbench: error: {exc}")
         return 2
     except Terminated:
         hint = {"run": "; the last checkpoint is kept: continue with --resume",
                 "grid": "; the cells' checkpoints are kept: run the grid again to resume them"}.get(args.command, "")
-        print(f"safbench: terminated (SIGTERM){hint}", file=sys.stderr)
+        say(f"safbench: terminated (SIGTERM){hint}")
         return 128 + signal.SIGTERM
     except KeyboardInterrupt:
-        print("safbench: interrupted", file=sys.stderr)
+        say("safbench: interrupted")
         return 130
     except Exception as exc:  # noqa: BLE001 - one line for the user; the summary keeps the details
-        print(f"safbench: {args.command} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        say(f"safbench: {args.command} failed: {type(exc).__name__}: {exc}")
         return 1
 
 

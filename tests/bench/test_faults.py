@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import zipfile
 from pathlib import Path
@@ -270,3 +271,23 @@ def test_sigterm_gives_one_line_exit_143_and_a_resumable_checkpoint(finished: Pa
     assert main(["run", "--config", str(cfg), "--resume"]) == 0
     (reference,) = [p for p in finished.iterdir() if p.is_dir() and not p.name.startswith(".")]
     pd.testing.assert_frame_equal(metrics(run_dir), metrics(reference))
+
+
+def test_an_error_line_reaches_stderr_in_one_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ranks of a torchrun share one stderr pipe; a line written in two pieces (print's text, then its
+    newline) can be spliced with another rank's. One write of under PIPE_BUF bytes is atomic."""
+    from bench.cli import say
+
+    writes: list[str] = []
+
+    class Recorder:
+        def write(self, text: str) -> int:
+            writes.append(text)
+            return len(text)
+
+        def flush(self) -> None:
+            pass
+
+    monkeypatch.setattr(sys, "stderr", Recorder())
+    say("safbench: error: one line")
+    assert writes == ["safbench: error: one line\n"]
