@@ -23,13 +23,19 @@ from bench.data import create_data
 from bench.errors import UsageError
 from bench.models import create_model
 from bench.provenance import provenance
+from bench.records import (
+    CHECKPOINT,
+    CONFIG,
+    HESSIAN,
+    HESSIAN_DENSITY,
+    HESSIAN_EPOCHS,
+    LANDSCAPE_1D,
+    LANDSCAPE_2D,
+    landscape_line,
+)
 
 from .hessian import density, hessian_summary
 from .landscape import loss_curve_1d, loss_line, loss_surface_2d, save_landscape
-
-HESSIAN = "hessian.json"
-HESSIAN_EPOCHS = "hessian_epochs.csv"
-HESSIAN_DENSITY = "hessian_density.npz"
 
 
 def fixed_data(config: RunConfig, device: torch.device, samples: int, batch_size: int = 250) -> Any:
@@ -57,11 +63,11 @@ def load_run(run_dir: str | Path, device: torch.device, samples: int) -> tuple[R
     """The run's config, its last checkpointed model (eval mode, with `model.checkpoint_epoch`: the epochs
     it has trained) and the fixed measurement batches."""
     run_dir = Path(run_dir)
-    for name in ("config.yaml", "checkpoint.pt"):
+    for name in (CONFIG, CHECKPOINT):
         if not (run_dir / name).is_file():
             raise UsageError(f"{run_dir} is not a run directory with a checkpoint: {run_dir / name} is missing")
-    values = read_yaml_mapping(run_dir / "config.yaml")
-    state = load_torch(run_dir / "checkpoint.pt", device, keys=("model",))
+    values = read_yaml_mapping(run_dir / CONFIG)
+    state = load_torch(run_dir / CHECKPOINT, device, keys=("model",))
     config = RunConfig.from_record(values)
     data = fixed_data(config, device, samples)
     model = create_model(config.model, num_classes=data.num_classes, in_chans=data.in_chans,
@@ -190,19 +196,19 @@ def landscape_for_run_dir(run_dir: str | Path, *, dim: int = 1, samples: int = 1
         result = loss_line(model, model.state_dict(), other.state_dict(), batches,
                            alphas=torch.linspace(-0.25, 1.25, n).tolist(), recalibrate_bn=recal)
         meta.update(kind="line", to_run_dir=Path(line_to).name, to_method=other_config.method)
-        path = run_dir / f"landscape_line_{Path(line_to).name}.npz"
+        path = landscape_line(run_dir, line_to)
     elif dim == 1:
         n = resolution or 51
         result = loss_curve_1d(model, batches, alphas=torch.linspace(-span, span, n).tolist(), seed=seed,
                                recalibrate_bn=recal)
         meta.update(kind="1d")
-        path = run_dir / "landscape_1d.npz"
+        path = run_dir / LANDSCAPE_1D
     elif dim == 2:
         n = resolution or 21
         grid = torch.linspace(-span, span, n).tolist()
         result = loss_surface_2d(model, batches, xs=grid, ys=grid, seed=seed, recalibrate_bn=recal)
         meta.update(kind="2d")
-        path = run_dir / "landscape_2d.npz"
+        path = run_dir / LANDSCAPE_2D
     else:
         raise UsageError(f"dim={dim} is invalid: allowed values are 1, 2")
     save_landscape(path, result, meta)

@@ -13,7 +13,8 @@ def _hessian(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from bench.errors import UsageError
-    from bench.results import RESULTS, write_results
+    from bench.records import RESULTS
+    from bench.results import write_results
 
     from .flatness import density_for_run_dir, hessian_for_run_dir
     from .landscape import load_landscape

@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.errors import UsageError
+from bench.records import overhead_glob
 from optimizers.saf import DEFAULT_STORE_DTYPE
 
 from . import report as rp
@@ -84,7 +85,7 @@ def load_overhead(folder: str | Path) -> dict[str, pd.DataFrame]:
     found: dict[str, pd.DataFrame] = {}
     for kind in KINDS:
         frames = []
-        for path in sorted(folder.glob(f"{kind}-*.csv")):
+        for path in sorted(folder.glob(overhead_glob(kind))):
             try:
                 frame = pd.read_csv(path)
             except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:

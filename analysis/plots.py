@@ -19,16 +19,18 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from bench import io
+from bench.records import (
+    HESSIAN,
+    HESSIAN_DENSITY,
+    HESSIAN_EPOCHS,
+    LANDSCAPE_1D,
+    LANDSCAPE_2D,
+    LANDSCAPE_LINE_GLOB,
+    METRICS,
+)
 
 from .report import METHOD_ORDER, _setting_labels, aggregate, dataset_name, is_missing, render_markdown, slug
 
-METRICS = "metrics.csv"
-HESSIAN = "hessian.json"
-HESSIAN_EPOCHS = "hessian_epochs.csv"
-LANDSCAPE_1D = "landscape_1d.npz"
-LANDSCAPE_2D = "landscape_2d.npz"
-LANDSCAPE_LINE = "landscape_line_*.npz"
-HESSIAN_DENSITY = "hessian_density.npz"
 _KEYS = ("dataset", "model_key", "method_label", "setting", "seed")
 
 
@@ -137,7 +139,7 @@ def landscape_files(rows: pd.DataFrame) -> pd.DataFrame:
     recs = []
     for r, path in _runs_with_files(rows):
         found = [("1d", path / LANDSCAPE_1D), ("2d", path / LANDSCAPE_2D)]
-        found += [("line", p) for p in sorted(path.glob(LANDSCAPE_LINE))]
+        found += [("line", p) for p in sorted(path.glob(LANDSCAPE_LINE_GLOB))]
         for kind, file in found:
             if not file.exists():
                 continue

@@ -26,6 +26,18 @@ import yaml
 from bench import io
 from bench.config import RunConfig
 from bench.errors import UsageError
+from bench.records import (
+    CONFIG,
+    FIGURES_DIR,
+    GRID_DIR,
+    LANDSCAPE_GLOB,
+    METRICS,
+    NOTES,
+    REPORT,
+    RESULTS,
+    SUMMARY,
+    TABLES_DIR,
+)
 
 from . import claims
 
@@ -35,13 +47,6 @@ REFERENCE_COLUMNS = ("source", "table", "dataset", "model", "method", "top1_acc"
                      "images_per_s", "throughput_vs_base", "notes")
 PAPER_SOURCE = "SAF"  # reference rows whose source starts with this are the paper's own tables
 MISSING = "—"
-RESULTS_CSV = "results.csv"
-SUMMARY = "summary.json"
-CONFIG = "config.yaml"
-REPORT = "REPORT.md"
-NOTES = "NOTES.md"  # hand-written conclusions kept beside a results folder's runs, quoted by the report
-TABLES_DIR = "tables"
-FIGURES_DIR = "figures"
 OVERHEAD_DIR = "overhead"  # where `safbench overhead` writes its CSVs inside a results folder
 
 BASE_METHOD = "sgd"  # our name for "the base optimizer alone" (SGD for ResNets, AdamW for ViTs)
@@ -65,7 +70,7 @@ STATS = (("acc", "final_test_acc", 100.0), ("best_acc", "best_test_acc", 100.0),
 DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet",
                  "fashionmnist": "Fashion-MNIST", "synthetic": "Synthetic"}
 # "pilots": exploratory runs kept beside a results folder, reported on their own (safbench report --results .../pilots)
-_SKIP_DIRS = {TABLES_DIR, FIGURES_DIR, OVERHEAD_DIR, "reference", ".grid", "__pycache__", "pilots"}
+_SKIP_DIRS = {TABLES_DIR, FIGURES_DIR, OVERHEAD_DIR, "reference", GRID_DIR, "__pycache__", "pilots"}
 
 
 # ---- loading ------------------------------------------------------------------------------------
@@ -82,7 +87,7 @@ def find_result_folders(root: str | Path) -> list[Path]:
             found.add(here.parent)
             dirnames.clear()
             continue
-        if RESULTS_CSV in filenames:
+        if RESULTS in filenames:
             found.add(here)
         dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.startswith("."))
     return sorted(found)
@@ -111,7 +116,7 @@ def read_folder(folder: Path, damaged: list | None = None) -> pd.DataFrame:
     from bench.results import collect_results
 
     found: list = []  # runs with a damaged summary, config or metrics file: listed, never shown as rows
-    frame = collect_results(folder, found, check=(CONFIG, "metrics.csv"))
+    frame = collect_results(folder, found, check=(CONFIG, METRICS))
     if damaged is not None:
         damaged.extend(found)
     if not frame.empty:
@@ -123,7 +128,7 @@ def read_folder(folder: Path, damaged: list | None = None) -> pd.DataFrame:
         for key, default in _ADDED_KEY_DEFAULTS.items():  # runs made before the key existed used its default
             if key in frame.columns:
                 frame[key] = frame[key].astype(object).where(frame[key].notna(), default)
-    csv = folder / RESULTS_CSV
+    csv = folder / RESULTS
     if csv.exists():
         try:
             stored = pd.read_csv(csv)
@@ -164,7 +169,7 @@ def load_rows(root: str | Path, damaged: list | None = None) -> pd.DataFrame:
                          + (f" (and {len(damaged) - 1} more damaged files)" if len(damaged) > 1 else ""))
     if not frames:
         raise UsageError(f"no results found under {root}: expected run directories (with {SUMMARY}) or "
-                         f"{RESULTS_CSV} files")
+                         f"{RESULTS} files")
     rows = pd.concat(frames, ignore_index=True)
     if "status" not in rows.columns:
         rows["status"] = "finished"
@@ -716,7 +721,7 @@ def landscape_commands(rows: pd.DataFrame) -> list[str]:
 
     found: list[str] = []
     for run_path in rows.get("run_path", pd.Series(dtype=object)).dropna():
-        for path in sorted(Path(run_path).glob("landscape_*.npz")):
+        for path in sorted(Path(run_path).glob(LANDSCAPE_GLOB)):
             try:
                 command = load_landscape(path)[1].get("command")
             except (OSError, ValueError):
@@ -799,7 +804,8 @@ def report_markdown(report_dir: Path, rows: pd.DataFrame, tables: Sequence[Table
         parts.append("## Claims\n")
         parts.append(f"Each of the paper's claims beside our measurement in one results folder: per-seed paired "
                      f"differences (same initial weights and data order within a seed) with a 95% Student-t "
-                     f"interval, or a percentile bootstrap over seeds for ratios. Verdicts follow `analysis/claims.py`: "
+                     f"interval, or a percentile bootstrap over seeds for ratios. "
+                     f"Verdicts follow `analysis/claims.py`: "
                      f"{claims.REPRODUCED} when the interval lies wholly on the claimed side of the rule's threshold, "
                      f"{claims.NOT_REPRODUCED} when wholly on the other, {claims.INCONCLUSIVE} otherwise.\n")
         for t in claim_tables:

@@ -11,9 +11,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .plots import FigureFile, save_figure  # noqa: E402
+from bench.records import METRICS  # noqa: E402
 
-METRICS = "metrics.csv"
+from .plots import FigureFile, save_figure  # noqa: E402
 
 
 def sharpness_curves(rows: pd.DataFrame) -> pd.DataFrame:

@@ -21,7 +21,6 @@ from pathlib import Path
 from . import io
 from .cells import (
     DONE,
-    GRID_DIR,
     CellLock,
     State,
     cell_state,
@@ -34,6 +33,7 @@ from .cells import (
 )
 from .damage import DamagedFile, damaged_files
 from .grid import Cell
+from .records import GRID_DIR
 from .results import write_results
 from .run import LOCK_HELD_ENV, read_summary
 

@@ -36,12 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from . import io
-from .damage import CONFIG, METRICS, DamagedFile, damaged_files, read_json_mapping
+from .damage import DamagedFile, damaged_files, read_json_mapping
 from .errors import UsageError
-from .run import CHECKPOINT, SUMMARY
-
-GRID_DIR = ".grid"  # bookkeeping inside the grid's output folder: locks, cell configs
-ATTEMPTS = "attempts.jsonl"  # per run directory: one JSON line per start/end of an attempt
+from .records import ATTEMPTS, CHECKPOINT, CONFIG, GRID_DIR, METRICS, SUMMARY, failed_summary
 
 
 class State(StrEnum):
@@ -186,7 +183,7 @@ def set_failed_aside(run_dir: Path) -> Path | None:
     if not summary.exists():
         return None
     n = 1
-    while (target := run_dir / f"summary.failed-{n}.json").exists():
+    while (target := failed_summary(run_dir, n)).exists():
         n += 1
     os.rename(summary, target)
     return target

@@ -15,11 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
-
-CHECKPOINT = "checkpoint.pt"
-SUMMARY = "summary.json"
-METRICS = "metrics.csv"
-CONFIG = "config.yaml"
+from .records import CHECKPOINT, CONFIG, METRICS, SUMMARY
 
 # What to do about each damaged file. Resuming rewrites config.yaml at once, metrics.csv and
 # summary.json from the checkpoint; a checkpoint has no second copy.

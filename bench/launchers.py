@@ -30,6 +30,7 @@ from .cells import DONE, State, cell_state
 from .config import RunConfig
 from .errors import UsageError
 from .grid import Cell
+from .records import GRID_DIR
 from .results import write_results
 
 LAUNCHERS = ("local", "gpus", "slurm")
@@ -163,7 +164,7 @@ def launch_slurm(cells: Sequence[Cell], opts: LaunchOptions, job_name: str = "sa
         return []
     out = Path(todo[0].config.out).resolve()  # tasks may start elsewhere: give them an absolute path
     cpu_only = all(c.config.device == "cpu" for c in todo)
-    executor = slurm_executor(out / ".grid" / "submitit", opts, job_name, cpu_only=cpu_only)
+    executor = slurm_executor(out / GRID_DIR / "submitit", opts, job_name, cpu_only=cpu_only)
     payloads = [{**c.config.to_dict(), "out": str(out)} for c in todo]
     jobs = executor.map_array(CellTask(opts.nproc_per_node, opts.lock_wait_s), payloads)
     print(f"submitted {len(jobs)} task(s): {', '.join(j.job_id for j in jobs[:5])}"

@@ -18,13 +18,12 @@ Lives in `bench`, not `optimizers`: it is a measuring instrument, and `optimizer
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-
-import dataclasses
 
 from optimizers.base import Method
 from optimizers.saf import SPEC as SAF_SPEC

@@ -42,6 +42,7 @@ from .overhead import (
     store_report,
 )
 from .provenance import device_name, provenance
+from .records import overhead_csv
 
 DEFAULT_MODELS = {
     ("cuda", "cifar"): ("resnet18", "wrn28_10", "pyramidnet110"),
@@ -204,14 +205,14 @@ def _overhead(args: argparse.Namespace) -> int:
         print(f"note: {note}")
 
     if args.step_table:
-        path, rows = out / f"steps-{device_slug(device)}-{stamp}.csv", []
+        path, rows = overhead_csv(out, "steps", device_slug(device), stamp), []
         for config in configs:
             rows += measure_steps(config, notes=notes, progress=True)
             io.write_csv(path, pd.DataFrame(records(rows, prov)))  # after every model: keep what is measured
         print(format_steps(rows))
         print(f"wrote {path}")
     if args.loop:
-        path, loop_rows = out / f"loop-{device_slug(device)}-{stamp}.csv", []
+        path, loop_rows = overhead_csv(out, "loop", device_slug(device), stamp), []
         loop_methods = tuple(args.methods) if args.methods else LOOP_METHODS
         for config in configs:
             config = dataclasses.replace(config, methods=loop_methods)
@@ -220,7 +221,7 @@ def _overhead(args: argparse.Namespace) -> int:
         print(format_loop(loop_rows))
         print(f"wrote {path}")
     if args.store_report:
-        path = out / f"store-{device_slug(device)}-{stamp}.csv"
+        path = overhead_csv(out, "store", device_slug(device), stamp)
         store_rows = store_report(device, num_samples=args.store_samples or d.store_samples,
                                   batch_size=args.store_batch_size, world_size=args.world_size,
                                   seed=args.seed, progress=True)

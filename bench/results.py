@@ -21,10 +21,8 @@ import pandas as pd
 
 from . import io
 from .damage import DamagedFile, damaged_files
-from .run import SUMMARY
+from .records import GRID_DIR, HESSIAN, RESULTS, RESULTS_LOCK, SUMMARY
 
-RESULTS = "results.csv"
-HESSIAN = "hessian.json"
 # Columns first in every table (the rest follow in the summaries' order).
 LEADING = ("run_dir", "config_hash", "status", "method", "dataset", "model", "seed")
 _HESSIAN_FIELDS = {"lambda_max": "lambda_max", "trace": "hessian_trace", "hessian_trace": "hessian_trace",
@@ -97,7 +95,7 @@ def write_results(folder: str | Path) -> Path:
     another cell's summary appeared cannot land after that cell's own rebuild and hide it.
     """
     folder = Path(folder)
-    lock_file = folder / ".grid" / "results.lock"
+    lock_file = folder / GRID_DIR / RESULTS_LOCK
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
     try:

@@ -31,17 +31,16 @@ import optimizers
 
 from . import faultpoints, io
 from .config import RunConfig
-from .damage import CHECKPOINT, CONFIG, METRICS, SUMMARY, check_run_dir, load_torch
+from .damage import check_run_dir, load_torch
 from .data import create_data
 from .distributed import DistInfo, all_reduce_sum, init_from_env
 from .errors import UsageError
 from .models import count_parameters, create_model
 from .provenance import provenance
-from .sharpness import sam_sharpness
+from .records import CHECKPOINT, CONFIG, METRICS, SUMMARY, shard_glob, shard_name
 from .schedules import base_optimizer, lr_range, lr_scheduler
+from .sharpness import sam_sharpness
 from .tensorboard_log import TensorBoardLog
-
-
 
 # Set by a grid process for the torchrun it starts: the path of the cell lock it holds on the run's behalf.
 LOCK_HELD_ENV = "SAFBENCH_LOCK_HELD"
@@ -305,7 +304,7 @@ class Run:
         if self.info.enabled:
             dist.barrier()
             faultpoints.reached(f"checkpoint-main-e{epoch}", self.info.rank)
-            for old in self.run_dir.glob(f"checkpoint-rank{self.info.rank}*.pt"):
+            for old in self.run_dir.glob(shard_glob(self.info.rank)):
                 if old.name != shard_name(self.info.rank, epoch):
                     old.unlink(missing_ok=True)
 
@@ -484,11 +483,6 @@ class Run:
         if self.info.is_main:
             io.write_json(self.run_dir / SUMMARY, summary)
         return summary
-
-
-def shard_name(rank: int, epoch: int) -> str:
-    """The file of rank `rank`'s share of the checkpoint after `epoch` epochs (ranks > 0 only)."""
-    return f"checkpoint-rank{rank}-e{epoch}.pt"
 
 
 def run(config: RunConfig, *, resume: bool = False, command: str | None = None,

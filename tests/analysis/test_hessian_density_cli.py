@@ -10,10 +10,11 @@ import pandas as pd
 import pytest
 
 from analysis import plots
-from analysis.flatness import HESSIAN_DENSITY, density_summary
+from analysis.flatness import density_summary
 from analysis.landscape import load_landscape
 from bench.cli import main
 from bench.config import RunConfig
+from bench.records import HESSIAN_DENSITY
 from bench.run import run
 
 TINY = {"model": "mlp_tiny", "batch_size": 32, "train_subset": 64, "device": "cpu", "num_workers": 0,
