@@ -20,6 +20,7 @@ import pandas as pd
 
 from bench.errors import UsageError
 from bench.records import overhead_glob
+from bench.targets import DTYPE_ERROR_TARGET, LOOP_TARGET, NODE_STORE_TARGET_BYTES, STEP_TARGETS, Target
 from optimizers.saf import DEFAULT_STORE_DTYPE
 
 from . import report as rp
@@ -43,37 +44,6 @@ BASE = rp.BASE_METHOD
 # The report's order with the official SAF store design beside ours.
 _SAF = rp.METHOD_ORDER.index("saf") + 1
 METHOD_ORDER = (*rp.METHOD_ORDER[:_SAF], "saf_official", *rp.METHOD_ORDER[_SAF:])
-
-
-@dataclass(frozen=True)
-class Target:
-    """A bound on a method's step time / SGD's on one kind of device (None: any device)."""
-
-    method: str
-    device: str | None
-    low: float | None = None
-    high: float | None = None
-
-    def applies(self, method: str, device: str) -> bool:
-        return self.method == method and self.device in (None, device)
-
-    def met(self, ratio: float) -> bool:
-        return (self.low is None or ratio >= self.low) and (self.high is None or ratio <= self.high)
-
-    def text(self) -> str:
-        where = f" ({self.device})" if self.device else ""
-        if self.low is not None and self.high is not None:
-            return f"{self.method} in [{self.low:g}, {self.high:g}]{where}"
-        return f"{self.method} {'≤' if self.high is not None else '≥'} {self.high or self.low:g}{where}"
-
-
-# The suite's goals for step time / SGD's (issue 6): SAF free, MESA cheap, ESAM cheaper than SAM.
-STEP_TARGETS = (Target("saf", "cuda", high=1.01), Target("saf", "cpu", high=1.05),
-                Target("mesa", "cuda", high=1.20), Target("esam", "cuda", high=1.45),
-                Target("sam", None, low=1.6, high=2.4))
-LOOP_TARGET = 0.95  # the real loop's images/s at least this share of the step alone
-NODE_STORE_TARGET_BYTES = 7.7e9  # ImageNet-1k SAF store for a whole node, fp16
-DTYPE_ERROR_TARGET = 1e-3  # relative change of the trajectory loss from a 16-bit store
 
 
 # ---- loading ---------------------------------------------------------------------------------------

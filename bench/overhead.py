@@ -552,7 +552,7 @@ class LoopRow:
     timer: str
     step_images_per_s_median: float
     loop_images_per_s_median: float
-    loop_ratio_median: float  # loop images/s / step-only images/s, median per round (target >= 0.95)
+    loop_ratio_median: float  # loop images/s / step-only images/s, median per round (bench.targets.LOOP_TARGET)
     loop_ratio_q1: float
     loop_ratio_q3: float
     note: str = ""

@@ -43,6 +43,7 @@ from .overhead import (
 )
 from .provenance import device_name, provenance
 from .records import overhead_csv
+from .targets import LOOP_TARGET
 
 DEFAULT_MODELS = {
     ("cuda", "cifar"): ("resnet18", "wrn28_10", "pyramidnet110"),
@@ -264,7 +265,7 @@ def format_loop(rows: Sequence[LoopRow]) -> str:
     header = ("model", "method", "step-only img/s", "real loop img/s", "loop / step", "[q1, q3]")
     lines = [(r.model, r.method, f"{r.step_images_per_s_median:.1f}", f"{r.loop_images_per_s_median:.1f}",
               f"{r.loop_ratio_median:.3f}", f"[{r.loop_ratio_q1:.3f}, {r.loop_ratio_q3:.3f}]") for r in rows]
-    return _table(header, lines, "llrrrr") + "\ntarget: loop / step >= 0.95"
+    return _table(header, lines, "llrrrr") + f"\ntarget: loop / step >= {LOOP_TARGET:g}"
 
 
 def format_store(rows: Sequence[StoreRow]) -> str:

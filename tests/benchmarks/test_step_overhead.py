@@ -30,6 +30,7 @@ import pytest
 import torch
 
 from bench.overhead import REFERENCE, OverheadConfig, StepBenchmark
+from bench.targets import STEP_TARGETS, ci_failures
 
 METHODS = ("sgd", "sam", "esam", "saf", "mesa", "gsam", "looksam")
 ROUNDS = 21
@@ -40,42 +41,23 @@ ROUNDS = 21
 CONFIG = OverheadConfig(model="cnn_small", shape="cifar10", methods=METHODS, batch_size=64, precision="fp32",
                         steps=2, repeats=ROUNDS, warmup=3, num_samples=50_000, channels_last=True,
                         device=torch.device("cpu"))
-ISSUE_TARGETS_CPU = {"saf": 1.05}  # shown, not asserted
-ISSUE_TARGETS_GPU = {"saf": 1.01, "mesa": 1.20, "esam": 1.45, "sam": 2.0}
+ISSUE_TARGETS_CPU = [t for t in STEP_TARGETS if t.device == "cpu"]  # shown, not asserted
+ISSUE_TARGETS_GPU = [t for t in STEP_TARGETS if t.device == "cuda"]
 
 
-def judge(ratio: dict[str, float]) -> list[str]:
-    """The regression limits on median time ratios; an empty list means the run passes."""
-    failures = []
-    if ratio["saf"] > 1.10:
-        failures.append(f"SAF/SGD = {ratio['saf']:.3f} > 1.10")
-    if ratio["mesa"] > 1.6:
-        failures.append(f"MESA/SGD = {ratio['mesa']:.3f} > 1.6")
-    if ratio["esam"] >= ratio["sam"]:
-        failures.append(f"ESAM/SGD = {ratio['esam']:.3f} >= SAM/SGD = {ratio['sam']:.3f}")
-    if not 1.6 <= ratio["sam"] <= 2.4:
-        failures.append(f"SAM/SGD = {ratio['sam']:.3f} outside [1.6, 2.4]")
-    if not 1.6 <= ratio["gsam"] <= 2.4:
-        failures.append(f"GSAM/SGD = {ratio['gsam']:.3f} outside [1.6, 2.4]")
-    if ratio["gsam"] > 1.15 * ratio["sam"]:
-        failures.append(f"GSAM/SGD = {ratio['gsam']:.3f} > 1.15 SAM/SGD = {1.15 * ratio['sam']:.3f}")
-    if ratio["looksam"] > 1.6 or ratio["looksam"] >= ratio["sam"]:
-        failures.append(f"LookSAM/SGD = {ratio['looksam']:.3f} > 1.6 or >= SAM/SGD = {ratio['sam']:.3f}")
-    return failures
-
-
-def test_judge_limits() -> None:
+def test_ci_limits() -> None:
     """The limits themselves, on made-up ratios (no timing)."""
     good = {"sgd": 1.0, "sam": 2.0, "esam": 1.5, "saf": 1.02, "mesa": 1.3, "gsam": 2.05, "looksam": 1.2}
-    assert judge(good) == []
-    assert judge({**good, "gsam": 2.35}) == ["GSAM/SGD = 2.350 > 1.15 SAM/SGD = 2.300"]
-    assert judge({**good, "looksam": 1.65}) == ["LookSAM/SGD = 1.650 > 1.6 or >= SAM/SGD = 2.000"]
-    assert judge({**good, "sam": 1.6, "esam": 1.5, "gsam": 1.7, "looksam": 1.6}) == [
-        "LookSAM/SGD = 1.600 > 1.6 or >= SAM/SGD = 1.600"]  # not above 1.6, but as slow as SAM
-    assert judge({**good, "saf": 1.11}) == ["SAF/SGD = 1.110 > 1.10"]
-    assert judge({**good, "mesa": 1.61}) == ["MESA/SGD = 1.610 > 1.6"]
-    assert judge({**good, "esam": 2.0}) == ["ESAM/SGD = 2.000 >= SAM/SGD = 2.000"]
-    assert len(judge({**good, "sam": 2.5})) == 1 and len(judge({**good, "sam": 1.5, "esam": 1.4, "gsam": 1.7})) == 1
+    assert ci_failures(good) == []
+    assert ci_failures({**good, "gsam": 2.35}) == ["GSAM/SGD = 2.350 > 1.15 SAM/SGD"]
+    assert ci_failures({**good, "looksam": 1.65}) == ["LOOKSAM/SGD = 1.650, limit looksam ≤ 1.6 (cpu)"]
+    assert ci_failures({**good, "sam": 1.6, "esam": 1.5, "gsam": 1.7, "looksam": 1.6}) == [
+        "LookSAM/SGD = 1.600 >= SAM/SGD = 1.600"]  # not above 1.6, but as slow as SAM
+    assert ci_failures({**good, "saf": 1.11}) == ["SAF/SGD = 1.110, limit saf ≤ 1.1 (cpu)"]
+    assert ci_failures({**good, "mesa": 1.61}) == ["MESA/SGD = 1.610, limit mesa ≤ 1.6 (cpu)"]
+    assert ci_failures({**good, "esam": 2.0}) == ["ESAM/SGD = 2.000 >= SAM/SGD = 2.000"]
+    assert len(ci_failures({**good, "sam": 2.5})) == 1
+    assert len(ci_failures({**good, "sam": 1.5, "esam": 1.4, "gsam": 1.7})) == 1
 
 
 @pytest.mark.slow
@@ -99,10 +81,10 @@ def test_step_overhead(benchmark) -> None:  # noqa: ANN001 - pytest-benchmark's 
                            for m in METHODS},
         "step_ms_per_round": {m: [round(1e3 * t / bench.blocks[m].steps, 3) for t in bench.timer.samples[m]]
                               for m in METHODS},
-        "issue_targets_cpu": {m: {"target": t, "measured": round(ratio[m], 4), "met": ratio[m] <= t}
-                              for m, t in ISSUE_TARGETS_CPU.items()},
-        "issue_targets_gpu_not_measured_here": ISSUE_TARGETS_GPU,
+        "issue_targets_cpu": {t.method: {"target": t.text(), "measured": round(ratio[t.method], 4),
+                                         "met": t.met(ratio[t.method])} for t in ISSUE_TARGETS_CPU},
+        "issue_targets_gpu_not_measured_here": [t.text() for t in ISSUE_TARGETS_GPU],
     })
     sgd_ms = statistics.median(1e3 * t / CONFIG.steps for t in bench.timer.samples[REFERENCE])
-    failures = judge(ratio)
+    failures = ci_failures(ratio)
     assert not failures, f"{'; '.join(failures)} (SGD step {sgd_ms:.1f} ms, ratios {ratio})"
