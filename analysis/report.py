@@ -21,10 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from bench import io
-from bench.config import RunConfig
 from bench.errors import UsageError
 from bench.records import (
     CONFIG,
@@ -93,20 +91,6 @@ def find_result_folders(root: str | Path) -> list[Path]:
     return sorted(found)
 
 
-def _config_columns(run_dir: Path) -> dict[str, Any]:
-    """Config keys the summary lacks (optimizer, momentum, ...): they can tell cells apart."""
-    try:
-        values = yaml.safe_load((run_dir / CONFIG).read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return {}
-    # A key added after a run was made did not exist for it: the run used that key's default.
-    values = {**_ADDED_KEY_DEFAULTS, **values}
-    return {k: (str(v) if isinstance(v, list) else v) for k, v in values.items() if k in CONFIG_COLUMNS}
-
-
-_ADDED_KEY_DEFAULTS = {k: RunConfig.__dataclass_fields__[k].default for k in ("label_noise", "augment")}
-
-
 def read_folder(folder: Path, damaged: list | None = None) -> pd.DataFrame:
     """The flat rows of one results folder: its run directories, else its results.csv.
 
@@ -122,12 +106,6 @@ def read_folder(folder: Path, damaged: list | None = None) -> pd.DataFrame:
     if not frame.empty:
         frame = frame.copy()
         frame["run_path"] = [str(folder / name) for name in frame["run_dir"]]
-        extra = [_config_columns(folder / name) for name in frame["run_dir"]]
-        for key in sorted({k for e in extra for k in e} - set(frame.columns)):
-            frame[key] = [e.get(key) for e in extra]
-        for key, default in _ADDED_KEY_DEFAULTS.items():  # runs made before the key existed used its default
-            if key in frame.columns:
-                frame[key] = frame[key].astype(object).where(frame[key].notna(), default)
     csv = folder / RESULTS
     if csv.exists():
         try:

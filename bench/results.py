@@ -5,7 +5,9 @@ method extras (saf_store_bytes, ...) keep their own names, and hessian.json adds
 and `hessian_trace` (plus its stderr, the top eigenvalues, the sample count and the command and
 commit that measured them) when the run measured them, and only when its `epoch` is the run's
 `epochs_completed`: a measurement of an earlier model is never shown as the final one's. Lists are written
-as JSON text. Since rows come from the summaries each time, a crash can cost at most a stale
+as JSON text. The run-level config keys (bench.records.SUMMARY_CONFIG_KEYS) come from the summary, or, for a
+summary written before it carried them, from the run's config.yaml: the one place that reads an old run's
+config for a row. Since rows come from the summaries each time, a crash can cost at most a stale
 file, and the next rebuild repairs it.
 """
 
@@ -20,8 +22,8 @@ from typing import Any
 import pandas as pd
 
 from . import io
-from .damage import DamagedFile, damaged_files
-from .records import GRID_DIR, HESSIAN, RESULTS, RESULTS_LOCK, SUMMARY
+from .damage import DamagedFile, damaged_files, read_yaml_mapping
+from .records import CONFIG, GRID_DIR, HESSIAN, LEGACY_DEFAULTS, RESULTS, RESULTS_LOCK, SUMMARY, SUMMARY_CONFIG_KEYS
 
 # Columns first in every table (the rest follow in the summaries' order).
 LEADING = ("run_dir", "config_hash", "status", "method", "dataset", "model", "seed")
@@ -58,7 +60,24 @@ def result_row(run_dir: Path) -> dict[str, Any] | None:
     for src, dst in _HESSIAN_FIELDS.items():
         if src in hessian:
             row[dst] = json.dumps(hessian[src]) if isinstance(hessian[src], list) else hessian[src]
+    row.update(_legacy_config(run_dir, summary))
     return row
+
+
+def _legacy_config(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """The config keys a summary written before it carried them lacks, from the run's config.yaml, in name order.
+
+    A key RunConfig gained after the run was made is not in its config.yaml: the run used its default."""
+    missing = [k for k in SUMMARY_CONFIG_KEYS if k not in summary]
+    if not missing:
+        return {}
+    try:
+        config = read_yaml_mapping(run_dir / CONFIG) or {}
+    except DamagedFile:
+        config = {}
+    config = {**LEGACY_DEFAULTS, **config}
+    return {k: json.dumps(config[k]) if isinstance(config[k], list) else config[k] for k in sorted(missing)
+            if k in config}
 
 
 def collect_results(folder: str | Path, damaged: list[DamagedFile] | None = None,

@@ -37,7 +37,7 @@ from .distributed import DistInfo, all_reduce_sum, init_from_env
 from .errors import UsageError
 from .models import count_parameters, create_model
 from .provenance import provenance
-from .records import CHECKPOINT, CONFIG, METRICS, SUMMARY, shard_glob, shard_name
+from .records import CHECKPOINT, CONFIG, METRICS, SUMMARY, SUMMARY_CONFIG_KEYS, shard_glob, shard_name
 from .schedules import base_optimizer, lr_range, lr_scheduler
 from .sharpness import sam_sharpness
 from .tensorboard_log import TensorBoardLog
@@ -477,6 +477,7 @@ class Run:
             "run_dir": self.run_dir.name, "world_size": self.info.world_size, "precision": self.precision,
             "batch_size": self.config.batch_size, "lr": self.config.lr, "train_subset": self.config.train_subset,
             "num_samples": self.data.num_samples, "num_params": self.num_params,
+            **{k: getattr(self.config, k) for k in SUMMARY_CONFIG_KEYS},
             "extras": {k: v for k, v in (rows[-1] if rows else {}).items() if k.startswith(("saf_", "esam_", "mesa_"))},
             **provenance(self.device, self.command),
         }

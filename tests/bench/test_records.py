@@ -1,0 +1,52 @@
+"""bench.records and the results row built from it: a summary carries its run-level config, and a run
+directory written before it did still yields the same row (its config from config.yaml, keys added since
+from the default every older run used)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+from pathlib import Path
+
+import yaml
+
+from bench import records
+from bench.config import RunConfig
+from bench.results import result_row
+from bench.run import run
+
+TINY = {"method": "sgd", "dataset": "synthetic", "model": "mlp_tiny", "epochs": 1, "batch_size": 32,
+        "train_subset": 64, "device": "cpu", "num_workers": 0, "progress": False}
+
+
+def test_summary_config_keys_are_run_config_fields_and_legacy_defaults_are_their_defaults() -> None:
+    defaults = {f.name: f.default for f in fields(RunConfig)}
+    assert set(records.SUMMARY_CONFIG_KEYS) <= set(defaults)
+    assert {k: defaults[k] for k in records.LEGACY_DEFAULTS} == records.LEGACY_DEFAULTS
+
+
+def test_a_new_summary_carries_its_config_and_an_old_one_gets_it_from_config_yaml(tmp_path: Path) -> None:
+    config = RunConfig.from_dict({**TINY, "out": str(tmp_path / "new"), "momentum": 0.5, "lr_milestones": [3, 5],
+                                  "label_noise": 0.1})
+    summary = run(config)
+    assert {k: summary[k] for k in records.SUMMARY_CONFIG_KEYS} == {
+        k: getattr(config, k) for k in records.SUMMARY_CONFIG_KEYS}
+    run_dir = tmp_path / "new" / summary["run_dir"]
+    new_row = result_row(run_dir)
+
+    # The same run as an older safbench left it: no config keys in the summary, no keys added since in its
+    # config.yaml.
+    old_dir = tmp_path / "old" / run_dir.name
+    old_dir.mkdir(parents=True)
+    old_summary = {k: v for k, v in summary.items() if k not in records.SUMMARY_CONFIG_KEYS}
+    (old_dir / records.SUMMARY).write_text(json.dumps(old_summary))
+    old_config = {k: v for k, v in yaml.safe_load((run_dir / records.CONFIG).read_text()).items()
+                  if k not in records.LEGACY_DEFAULTS}
+    (old_dir / records.CONFIG).write_text(yaml.safe_dump(old_config))
+    old_row = result_row(old_dir)
+
+    legacy = {**{k: new_row[k] for k in records.SUMMARY_CONFIG_KEYS}, **records.LEGACY_DEFAULTS}
+    assert {k: old_row[k] for k in records.SUMMARY_CONFIG_KEYS} == legacy
+    assert old_row["momentum"] == 0.5 and old_row["lr_milestones"] == "[3, 5]" == new_row["lr_milestones"]
+    assert {k: v for k, v in old_row.items() if k not in records.SUMMARY_CONFIG_KEYS} == \
+        {k: v for k, v in new_row.items() if k not in records.SUMMARY_CONFIG_KEYS}
