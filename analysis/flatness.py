@@ -22,6 +22,7 @@ from bench.damage import load_torch, read_yaml_mapping
 from bench.data import create_data
 from bench.errors import UsageError
 from bench.models import create_model
+from bench.plugins import EpochView, RunHook
 from bench.provenance import provenance
 from bench.records import (
     CHECKPOINT,
@@ -113,12 +114,22 @@ def write_hessian(run_dir: Path, summary: dict[str, Any], epoch: int | None) -> 
     io.write_csv(path, pd.DataFrame(rows).sort_values("epoch"))
 
 
-def run_hessian(run: Any, epoch: int | None) -> None:
-    """Called by bench.run at chosen epochs (after the epoch) and at the end (epoch None)."""
-    batches = fixed_batches(run.config, run.device, run.config.hessian_samples)
-    summary = measure_hessian(run.net, batches)
-    summary.update(epoch=run.config.epochs if epoch is None else epoch + 1, samples=run.config.hessian_samples)
-    write_hessian(run.run_dir, summary, epoch)
+def hessian_hook(config: RunConfig) -> RunHook | None:
+    """The run hook (entry point `safbench.run_hooks`) of `--hessian` / `--hessian-epochs`: λ_max and trace
+    after the chosen epochs (hessian_epochs.csv) and of the final model (hessian.json)."""
+    if not config.hessian and not config.hessian_epochs:
+        return None
+
+    def measure(view: EpochView) -> None:
+        wanted = config.hessian if view.epoch is None else view.epoch in config.hessian_epochs
+        if not wanted:
+            return
+        batches = fixed_batches(config, view.device, config.hessian_samples)
+        summary = measure_hessian(view.model, batches)
+        summary.update(epoch=config.epochs if view.epoch is None else view.epoch + 1, samples=config.hessian_samples)
+        write_hessian(view.run_dir, summary, view.epoch)
+
+    return measure
 
 
 def hessian_for_run_dir(run_dir: str | Path, *, samples: int = 1000, k: int = 3, trace_samples: int = 50,

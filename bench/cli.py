@@ -1,5 +1,7 @@
 """The `safbench` command. Each subcommand lives next to the code it drives and registers itself here.
 
+Those of later stages (analysis) register through the `safbench.commands` entry points (bench.plugins).
+
 Bad input prints one line on stderr and exits 2; a run that fails after starting exits 1.
 """
 
@@ -7,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import os
 import signal
 import sys
@@ -15,12 +16,11 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from . import plugins
 from .errors import UsageError
 
 DEBUG_ENV = "SAFBENCH_DEBUG"
 
-# Modules that define `register(subparsers)`; each adds one or more subcommands.
-COMMAND_MODULES = ("bench.cli", "bench.grid_cli", "analysis.cli", "analysis.flatness_cli", "bench.overhead_cli")
 
 
 def add_run_flags(parser: argparse.ArgumentParser) -> None:
@@ -105,8 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", default=None,
                         help=f"print the full traceback instead of one line (or set {DEBUG_ENV}=1)")
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(subparsers)  # a module that fails to import is an error, not skipped
+    from . import grid_cli, overhead_cli
+
+    for register_commands in (register, grid_cli.register, overhead_cli.register,
+                              *plugins.loaded(plugins.COMMANDS).values()):
+        register_commands(subparsers)
     return parser
 
 

@@ -36,6 +36,7 @@ from .data import create_data
 from .distributed import DistInfo, all_reduce_sum, init_from_env
 from .errors import UsageError
 from .models import count_parameters, create_model
+from .plugins import EpochView, run_hooks
 from .provenance import provenance
 from .records import CHECKPOINT, CONFIG, METRICS, SUMMARY, SUMMARY_CONFIG_KEYS, shard_glob, shard_name
 from .schedules import base_optimizer, lr_range, lr_scheduler
@@ -111,6 +112,10 @@ class Run:
         self.precision = self.config.precision
         self.run_dir = Path(self.config.out) / self.run_name
         self.command = command
+        self.hooks = run_hooks(self.config)
+        if (self.config.hessian or self.config.hessian_epochs) and "hessian" not in self.hooks:
+            raise UsageError("--hessian needs the Hessian run hook of safbench's analysis package (entry point "
+                             "safbench.run_hooks), which is not installed: pip install -e . in the checkout")
         io.check_writable(self.config.out)
         # Everything that can reject user input happens before the run directory is created.
         self.data = create_data(
@@ -348,7 +353,7 @@ class Run:
                 if not math.isfinite(row["train_loss"]):
                     status = "diverged"
                     break
-                self._maybe_hessian(epoch)
+                self._call_hooks(epoch)
                 if self.info.enabled:
                     torch.distributed.barrier()
                 self._save_checkpoint(epoch + 1)
@@ -359,7 +364,7 @@ class Run:
                         self.tensorboard.log(row)
                     print(self._epoch_line(row), flush=True)
             if status == "finished":
-                self._maybe_hessian(None)
+                self._call_hooks(None)
         except (KeyboardInterrupt, SystemExit):
             raise  # interrupted: the checkpoint stays, the run resumes later
         except Exception as exc:  # noqa: BLE001 - recorded in the summary, then re-raised
@@ -436,14 +441,14 @@ class Run:
         loss_total, correct_total, count_total = all_reduce_sum(totals, self.info).tolist()
         return loss_total / max(count_total, 1), correct_total / max(count_total, 1)
 
-    def _maybe_hessian(self, epoch: int | None) -> None:
-        """λ_max and trace at chosen epochs (hessian_epochs.csv) and at the end (hessian.json)."""
-        wanted = self.config.hessian if epoch is None else epoch in self.config.hessian_epochs
-        if not wanted or not self.info.is_main:
+    def _call_hooks(self, epoch: int | None) -> None:
+        """The plugged-in hooks (bench.plugins: the Hessian at chosen epochs and at the end), on the main rank."""
+        if not self.info.is_main:
             return
-        from analysis.flatness import run_hessian  # analysis is only needed when asked for
-
-        run_hessian(self, epoch)
+        view = EpochView(self.config, self.net, self.device, self.run_dir, epoch)
+        for hook in self.hooks.values():
+            hook(view)
+        self.net.train()
 
     @staticmethod
     def _epoch_line(row: dict[str, Any]) -> str:
