@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +15,12 @@ import optimizers
 from bench.cli import build_parser, main
 from bench.config import RunConfig
 from bench.data.resident import symmetric_label_noise
+from bench.errors import UsageError
 from bench.grid import expand, load_grid
 from bench.run import Run, run
 from bench.sharpness import sam_sharpness
 from optimizers.spec import HParam, MethodSpec, method_table
+from tests.cli_util import run_main
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -165,11 +165,13 @@ def test_resume_without_a_matching_run_exits_2_naming_the_closest(tmp_path: Path
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == before  # nothing new
 
 
-def test_debug_prints_the_traceback(tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "bench", "--debug", "run", "--dataset", "cifar10", "--data-root",
-           str(tmp_path / "missing"), "--device", "cpu", "--out", str(tmp_path / "o")]
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-    assert result.returncode != 0 and "Traceback (most recent call last)" in result.stderr
+def test_debug_lets_the_error_through_with_its_traceback(tmp_path: Path) -> None:
+    argv = ["run", "--dataset", "cifar10", "--data-root", str(tmp_path / "missing"), "--device", "cpu",
+            "--out", str(tmp_path / "o")]
+    assert run_main(*argv).returncode == 2  # without --debug: one line
+    with pytest.raises(UsageError, match="missing") as raised:  # with it: the exception itself, uncaught
+        main(["--debug", *argv])
+    assert raised.traceback[-1].path.name != "cli.py"  # raised where the error is, not re-raised by the CLI
 
 
 # ---- label noise ----------------------------------------------------------------------------------------

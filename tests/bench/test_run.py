@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -17,6 +15,7 @@ import optimizers
 from bench.config import RunConfig
 from bench.errors import UsageError
 from bench.run import Run, run
+from tests.cli_util import CliResult, run_main
 
 SUMMARY_FIELDS = {"method", "dataset", "model", "seed", "epochs", "status", "final_test_acc", "best_test_acc",
                   "images_per_s", "wall_s", "peak_mem_bytes", "hparams", "git_commit", "torch_version",
@@ -140,8 +139,8 @@ def test_existing_run_dir_is_not_overwritten(tmp_path: Path) -> None:
     assert (config.run_dir() / "summary.json").read_bytes() == before
 
 
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+def _cli(*args: str, cwd: Path) -> CliResult:
+    return run_main(*args, cwd=cwd)
 
 
 BASE = ["run", "--dataset", "synthetic", "--model", "mlp_tiny", "--epochs", "1", "--batch-size", "16",
