@@ -20,7 +20,7 @@ from .errors import UsageError
 DEBUG_ENV = "SAFBENCH_DEBUG"
 
 # Modules that define `register(subparsers)`; each adds one or more subcommands.
-COMMAND_MODULES = ("bench.cli", "bench.grid_cli", "analysis.cli", "analysis.flatness_cli", "bench.overhead_cli")
+COMMAND_MODULES = ("bench.cli", "bench.grid_cli", "analysis.cli", "analysis.flatness_cli", "bench.measure.cli")
 
 
 def add_run_flags(parser: argparse.ArgumentParser) -> None:
