@@ -26,7 +26,7 @@ from optimizers.saf import DEFAULT_STORE_DTYPE
 from . import report as rp
 from .report import MISSING, PAPER_SOURCE, TableFile, is_missing, write_table
 
-# The columns each kind's tables read (written by bench.overhead's row dataclasses).
+# The columns each kind's tables read (written by the row dataclasses of bench.measure.rows).
 REQUIRED = {
     "steps": ("model", "shape", "method", "batch_size", "precision", "channels_last", "num_samples",
               "images_per_s_median", "time_ratio_median", "time_ratio_q1", "time_ratio_q3",

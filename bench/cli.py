@@ -105,9 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", default=None,
                         help=f"print the full traceback instead of one line (or set {DEBUG_ENV}=1)")
     subparsers = parser.add_subparsers(dest="command", required=True)
-    from . import grid_cli, overhead_cli
+    from . import grid_cli
+    from .measure import cli as measure_cli
 
-    for register_commands in (register, grid_cli.register, overhead_cli.register,
+    for register_commands in (register, grid_cli.register, measure_cli.register,
                               *plugins.loaded(plugins.COMMANDS).values()):
         register_commands(subparsers)
     return parser

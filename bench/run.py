@@ -35,6 +35,7 @@ from .damage import check_run_dir, load_torch
 from .data import create_data
 from .distributed import DistInfo, all_reduce_sum, init_from_env
 from .errors import UsageError
+from .loop import TrainLoop
 from .models import count_parameters, create_model
 from .plugins import EpochView, run_hooks
 from .provenance import provenance
@@ -381,32 +382,21 @@ class Run:
         return self._write_summary(status, error)
 
     def _epoch(self, epoch: int) -> dict[str, Any]:
-        self.method.set_epoch(epoch)
-        self.model.train()
+        loop = TrainLoop(self.method, self.scheduler)
+        loop.begin_epoch(epoch)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        seen = 0
         show = self.config.progress and self.info.is_main and sys.stderr.isatty()
         bar = tqdm(total=self.data.steps_per_epoch, desc=f"epoch {epoch}", leave=False, disable=not show)
         wall_start = time.perf_counter()
         _sync(self.device)
         start = time.perf_counter()
-        for indices, inputs, targets in self.data.train_batches(epoch):
-            out = self.method.step(inputs, targets, indices)
-            self.scheduler.step()
-            # Accumulated on the device: reading them here would synchronise every step.
-            loss_sum += out.loss * targets.shape[0]
-            correct += (out.logits.argmax(1) == targets).sum()
-            seen += targets.shape[0]
-            bar.update()
+        loop.run(self.data.train_batches(epoch), after_step=bar.update)
         _sync(self.device)
         train_time = time.perf_counter() - start
         bar.close()
-        totals = all_reduce_sum(torch.stack([loss_sum.double(), correct.double(),
-                                             torch.tensor(float(seen), device=self.device, dtype=torch.float64)]),
-                                self.info)
+        seen = torch.tensor(float(loop.seen), device=self.device, dtype=torch.float64)
+        totals = all_reduce_sum(torch.stack([loop.loss_sum.double(), loop.correct.double(), seen]), self.info)
         train_loss, train_correct, train_seen = totals.tolist()
         test_loss, test_acc = self.evaluate()
         self.elapsed_s += time.perf_counter() - wall_start

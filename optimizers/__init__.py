@@ -13,8 +13,16 @@ from .esam import ESAM
 from .gsam import GSAM
 from .looksam import LookSAM
 from .mesa import MESA
-from .registry import (all_hparams, create, method_class, method_hparams, method_spec, methods, register_method,
-                       unregister_method)
+from .registry import (
+    all_hparams,
+    create,
+    method_class,
+    method_hparams,
+    method_spec,
+    methods,
+    register_method,
+    unregister_method,
+)
 from .saf import SAF
 from .sam import SAM
 from .sgd import SGD

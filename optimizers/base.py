@@ -116,6 +116,11 @@ class Method:
         """Method-specific numbers worth logging per epoch (store bytes, selected fraction...)."""
         return {}
 
+    def extra_state(self) -> dict[str, list[Tensor]]:
+        """Tensors kept between steps beyond the model, its gradients and the base optimizer's state, by
+        what they are (SAF: "store", MESA: "ema", LookSAM: "g_v"): memory accounting reads them here."""
+        return {}
+
     @property
     def param_groups(self) -> list[dict[str, Any]]:
         return self.base_optimizer.param_groups

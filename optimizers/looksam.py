@@ -109,3 +109,6 @@ class LookSAM(SAM):
 
     def extra_metrics(self) -> dict[str, float]:
         return {"looksam_gv_bytes": float(sum(t.numel() * t.element_size() for t in self.g_v or []))}
+
+    def extra_state(self) -> dict[str, list[Tensor]]:
+        return {"g_v": list(self.g_v or [])}

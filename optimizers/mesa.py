@@ -72,8 +72,11 @@ class MESA(Method):
                 torch._foreach_copy_(list(ema_b), list(src_b))
 
     def extra_metrics(self) -> dict[str, float]:
-        ema_bytes = sum(t.numel() * t.element_size() for t in self.ema.state_dict().values())
+        ema_bytes = sum(t.numel() * t.element_size() for t in self.extra_state()["ema"])
         return {"mesa_ema_bytes": float(ema_bytes)}
+
+    def extra_state(self) -> dict[str, list[Tensor]]:
+        return {"ema": list(self.ema.state_dict().values())}
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()

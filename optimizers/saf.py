@@ -108,6 +108,9 @@ class SAF(Method):
     def extra_metrics(self) -> dict[str, float]:
         return {"saf_store_bytes": float(self.store.nbytes)}
 
+    def extra_state(self) -> dict[str, list[Tensor]]:
+        return {"store": [self.store.table, self.store.written]}
+
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         state["store"] = self.store.state_dict()

@@ -1,6 +1,6 @@
 """CI regression check: the step cost of every method on a small CPU model, judged as ratios to SGD.
 
-One pytest-benchmark measurement whose rounds are bench.overhead's interleaved rounds: each round
+One pytest-benchmark measurement whose rounds are bench.measure's interleaved rounds: each round
 times every method once (a block of STEPS steps) in a shuffled order, the ratio to SGD is taken
 inside the round, and the median over rounds is judged. CPU timings swing +-15% between runs and
 more on a shared machine; a round's methods run seconds apart and swing together, so their ratios
@@ -29,7 +29,9 @@ import statistics
 import pytest
 import torch
 
-from bench.overhead import REFERENCE, OverheadConfig, StepBenchmark
+from bench.measure.config import OverheadConfig
+from bench.measure.methods import REFERENCE
+from bench.measure.steps import StepBenchmark
 from bench.targets import STEP_TARGETS, ci_failures
 
 METHODS = ("sgd", "sam", "esam", "saf", "mesa", "gsam", "looksam")

@@ -93,6 +93,9 @@ class OfficialSAF(Method):
     def extra_metrics(self) -> dict[str, float]:
         return {"saf_store_bytes": float(self.store.nbytes)}
 
+    def extra_state(self) -> dict[str, list[Tensor]]:
+        return {"store": [torch.from_numpy(self.store.table)]}  # the host table itself, not a copy
+
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         state["store"] = torch.from_numpy(self.store.table)

@@ -23,27 +23,18 @@ from typing import Any
 import pandas as pd
 import torch
 
-from . import io
-from .errors import UsageError
-from .overhead import (
-    CPU_IMAGENET_SAMPLES,
-    IMAGENET_SAMPLES,
-    METHODS,
-    PRECISIONS,
-    REFERENCE,
-    SHAPES,
-    LoopRow,
-    OverheadConfig,
-    OverheadRow,
-    StoreRow,
-    measure_loop,
-    measure_steps,
-    records,
-    store_report,
-)
-from .provenance import device_name, provenance
-from .records import overhead_csv
-from .targets import LOOP_TARGET
+from .. import io
+from ..errors import UsageError
+from ..provenance import device_name, provenance
+from ..records import overhead_csv
+from ..targets import LOOP_TARGET
+from .batches import IMAGENET_SAMPLES, SHAPES
+from .config import PRECISIONS, OverheadConfig
+from .loop import measure_loop
+from .methods import METHODS, REFERENCE
+from .rows import LoopRow, OverheadRow, StoreRow, records
+from .steps import measure_steps
+from .store import store_report
 
 DEFAULT_MODELS = {
     ("cuda", "cifar"): ("resnet18", "wrn28_10", "pyramidnet110"),
@@ -53,6 +44,7 @@ DEFAULT_MODELS = {
 }
 LOOP_METHODS = ("sgd", "saf")  # the loop's overhead is the same for every method; SGD shows it largest
 CPU_STORE_SAMPLES = 20_000
+CPU_IMAGENET_SAMPLES = 50_000  # a CPU run cannot hold (or usefully sweep) the ImageNet-size store
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,41 @@
+"""The one training-epoch loop: what `Run._epoch` times and what `safbench overhead --loop` measures.
+
+Both call `TrainLoop`, so the benchmark's "real loop" is the run's loop, not a copy of it that could drift.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import Tensor
+
+from optimizers import Method
+
+Batch = tuple[Tensor, Tensor, Tensor]  # (sample indices, inputs, targets), as data.train_batches yields them
+
+
+class TrainLoop:
+    """Steps a method through batches, the scheduler after every step, and sums the loss and the correct
+    predictions on the device (reading them per step would synchronise the host every step)."""
+
+    def __init__(self, method: Method, scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+        self.method, self.scheduler = method, scheduler
+        self.loss_sum = torch.zeros((), device=method.device)
+        self.correct = torch.zeros((), device=method.device, dtype=torch.long)
+        self.seen = 0
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Before the first batch of `epoch` (0-based): the method learns the epoch, the model trains."""
+        self.method.set_epoch(epoch)
+        self.method.model.train()
+
+    def run(self, batches: Iterable[Batch], after_step: Callable[[], object] | None = None) -> None:
+        for indices, inputs, targets in batches:
+            out = self.method.step(inputs, targets, indices)
+            self.scheduler.step()
+            self.loss_sum += out.loss * targets.shape[0]
+            self.correct += (out.logits.argmax(1) == targets).sum()
+            self.seen += targets.shape[0]
+            if after_step is not None:
+                after_step()
