@@ -12,13 +12,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from bench import io
+from bench import rundir
 from bench.config import RunConfig
-from bench.damage import load_torch, read_yaml_mapping
+from bench.damage import load_torch
 from bench.data import create_data
 from bench.errors import UsageError
 from bench.models import create_model
@@ -27,13 +26,13 @@ from bench.provenance import provenance
 from bench.records import (
     CHECKPOINT,
     CONFIG,
-    HESSIAN,
     HESSIAN_DENSITY,
-    HESSIAN_EPOCHS,
     LANDSCAPE_1D,
     LANDSCAPE_2D,
+    HessianRecord,
     landscape_line,
 )
+from bench.rundir import read_config, read_summary
 
 from .hessian import density, hessian_summary
 from .landscape import loss_curve_1d, loss_line, loss_surface_2d, save_landscape
@@ -67,7 +66,7 @@ def load_run(run_dir: str | Path, device: torch.device, samples: int) -> tuple[R
     for name in (CONFIG, CHECKPOINT):
         if not (run_dir / name).is_file():
             raise UsageError(f"{run_dir} is not a run directory with a checkpoint: {run_dir / name} is missing")
-    values = read_yaml_mapping(run_dir / CONFIG)
+    values = read_config(run_dir, strict=True)
     state = load_torch(run_dir / CHECKPOINT, device, keys=("model",))
     config = RunConfig.from_record(values)
     data = fixed_data(config, device, samples)
@@ -81,8 +80,6 @@ def load_run(run_dir: str | Path, device: torch.device, samples: int) -> tuple[R
 def check_finished(run_dir: str | Path, allow_unfinished: bool) -> None:
     """UsageError for a run that has not finished, unless allowed: its flatness would describe a model that
     resuming trains on (the files record their epoch, and the report attaches them only to that epoch)."""
-    from bench.run import read_summary
-
     summary = read_summary(Path(run_dir))
     status = summary.get("status") if summary else "unfinished (no summary.json)"
     if status in ("finished", "diverged") or allow_unfinished:
@@ -101,17 +98,15 @@ def measure_hessian(model: nn.Module, batches: list, *, k: int = 3, trace_sample
     return summary
 
 
-def write_hessian(run_dir: Path, summary: dict[str, Any], epoch: int | None) -> None:
+def write_hessian(run_dir: Path, summary: HessianRecord, epoch: int | None) -> None:
+    """The final model's measurement (epoch None) as hessian.json, an epoch's as its row of hessian_epochs.csv."""
     if epoch is None:
-        io.write_json(run_dir / HESSIAN, summary)
+        rundir.write_hessian(run_dir, summary)
         return
-    path = run_dir / HESSIAN_EPOCHS
-    rows = pd.read_csv(path).to_dict("records") if path.exists() else []
-    rows = [r for r in rows if r["epoch"] != epoch]
-    rows.append({"epoch": epoch, "lambda_max": summary["lambda_max"], "trace": summary["trace"],
-                 "trace_stderr": summary["trace_stderr"],
-                 **{f"eigenvalue_{i}": v for i, v in enumerate(summary["top_eigenvalues"])}})
-    io.write_csv(path, pd.DataFrame(rows).sort_values("epoch"))
+    rundir.write_hessian_epoch(run_dir, {
+        "epoch": epoch, "lambda_max": summary["lambda_max"], "trace": summary["trace"],
+        "trace_stderr": summary["trace_stderr"],
+        **{f"eigenvalue_{i}": v for i, v in enumerate(summary["top_eigenvalues"])}})  # type: ignore[typeddict-item]
 
 
 def hessian_hook(config: RunConfig) -> RunHook | None:

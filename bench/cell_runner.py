@@ -35,7 +35,8 @@ from .damage import DamagedFile, damaged_files
 from .grid import Cell
 from .records import GRID_DIR
 from .results import write_results
-from .run import LOCK_HELD_ENV, read_summary
+from .run import LOCK_HELD_ENV
+from .rundir import read_summary
 
 
 @dataclass(frozen=True)

@@ -35,10 +35,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from . import io
-from .damage import DamagedFile, damaged_files, read_json_mapping
+from .damage import DamagedFile, damaged_files
 from .errors import UsageError
 from .records import ATTEMPTS, CHECKPOINT, CONFIG, GRID_DIR, METRICS, SUMMARY, failed_summary
+from .rundir import config_summary, read_summary, write_summary
 
 
 class State(StrEnum):
@@ -61,7 +61,7 @@ def lock_path(run_dir: Path) -> Path:
 def cell_state(run_dir: Path, *, check_lock: bool = True) -> State:
     """The state of a run directory; reads only (a missing lock file is not created)."""
     try:
-        summary = read_json_mapping(run_dir / SUMMARY)
+        summary = read_summary(run_dir, strict=True)
     except DamagedFile:
         return State.DAMAGED
     if summary is not None:
@@ -197,12 +197,8 @@ def write_failed_summary(run_dir: Path, config: Any, error: str, command: str | 
 
     config = config.resolved()
     run_dir.mkdir(parents=True, exist_ok=True)
-    io.write_json(run_dir / SUMMARY, {
-        "method": config.method, "dataset": config.dataset, "model": config.model, "seed": config.seed,
-        "epochs": config.epochs, "epochs_completed": 0, "status": "failed", "error": error,
-        "hparams": config.hparams(), "config_hash": config.config_hash(), "run_dir": run_dir.name,
-        "batch_size": config.batch_size, "lr": config.lr, "train_subset": config.train_subset,
-        **provenance(torch.device("cpu"), command)})
+    write_summary(run_dir, {**config_summary(config, config.config_hash(), run_dir), "epochs_completed": 0,
+                            "status": "failed", "error": error, **provenance(torch.device("cpu"), command)})
 
 
 def has_checkpoint(run_dir: Path) -> bool:

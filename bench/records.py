@@ -1,4 +1,5 @@
-"""The stored files of safbench: every file name and path pattern, defined here and nowhere else.
+"""The stored files of safbench: every file name and path pattern, and the schema of each record, defined
+here and nowhere else (bench.rundir reads and writes them; bench.damage tells a damaged file).
 
 A run directory (`<out>/<run name>/`) holds what `safbench run` writes (config, metrics, summary,
 checkpoints, attempts) and what the flatness commands add beside it (Hessian, landscapes). A results
@@ -9,6 +10,7 @@ Readers and writers import the names from here, so a rename is one edit.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, TypedDict
 
 # --- a run directory, as `safbench run` writes it
 CONFIG = "config.yaml"  # the resolved RunConfig, written before training
@@ -72,3 +74,124 @@ def overhead_csv(folder: Path, kind: str, device: str, stamp: str) -> Path:
 
 def overhead_glob(kind: str) -> str:
     return f"{kind}-*.csv"
+
+
+# --- the records' schemas. JSON files are mappings of these keys; CSV files have these columns.
+class MetricsRow(TypedDict, total=False):
+    """One epoch of metrics.csv (0-based `epoch`); a method adds its own numbers (Method.extra_metrics)."""
+
+    epoch: int
+    train_loss: float
+    train_acc: float
+    test_loss: float
+    test_acc: float
+    lr: float
+    epoch_time_s: float  # the epoch's training steps, evaluation excluded
+    images_per_s: float
+    peak_mem_bytes: int
+    host_rss_bytes: int
+    data_resident_bytes: int
+    sharpness: float  # --sharpness: SAM sharpness of the model after the epoch
+    sharpness_time_s: float
+
+
+class Provenance(TypedDict, total=False):
+    """Who made a record, with what (bench.provenance): every summary and every measurement made apart from
+    its run carries all of these."""
+
+    git_commit: str
+    device_name: str
+    hostname: str
+    command: str
+    python_version: str
+    torch_version: str
+    torchvision_version: str
+    timm_version: str
+
+
+class Summary(Provenance, total=False):
+    """summary.json: a run's outcome, and everything a results row and the report read of the run."""
+
+    method: str
+    dataset: str
+    model: str
+    seed: int
+    config_hash: str
+    run_dir: str
+    status: str  # finished, diverged or failed
+    error: str | None
+    epochs: int
+    epochs_completed: int  # a failed run counts only the epochs its checkpoint holds
+    final_test_acc: float | None
+    best_test_acc: float | None
+    final_train_loss: float | None
+    final_test_loss: float | None
+    final_train_acc: float | None
+    final_sharpness: float | None
+    images_per_s: float | None  # median over the epochs after the first
+    images_per_s_warmup: float | None  # the first epoch's
+    train_time_s: float
+    wall_s: float
+    peak_mem_bytes: int
+    hparams: dict[str, Any]  # the method's hyperparameters
+    method_seed: int | None  # the seed of the method's own random draws (ESAM), derived from `seed`
+    extras: dict[str, Any]  # the method's own numbers of the last epoch (MetricsRow beyond its fields)
+    label_noise_flipped: int
+    world_size: int
+    precision: str
+    num_samples: int
+    num_params: int
+    # the run-level config (SUMMARY_CONFIG_KEYS)
+    optimizer: str
+    batch_size: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    nesterov: bool
+    label_smoothing: float
+    schedule: str
+    warmup_epochs: int
+    lr_milestones: list[int]
+    lr_gamma: float
+    bn_update: str
+    train_subset: int | None
+    label_noise: float
+    augment: bool
+
+
+class HessianRecord(Provenance, total=False):
+    """hessian.json: the top eigenvalues and trace of one model of the run (analysis.hessian), and which.
+    Measured by `safbench hessian` rather than during the run, it carries its own Provenance."""
+
+    epoch: int  # the epochs the measured model had trained: equal to the summary's epochs_completed when final
+    lambda_max: float
+    top_eigenvalues: list[float]
+    eigen_iterations: list[int]
+    trace: float
+    trace_stderr: float
+    samples: int  # the fixed training samples it was measured on
+    n_samples: int
+    num_batches: int
+    num_examples: int
+    num_params: int
+    params: list[str] | None
+    bn_mode: str
+    max_iter: int
+    tol: float
+    seed: int
+    seconds: float
+
+
+class HessianEpochRow(TypedDict, total=False):
+    """One row of hessian_epochs.csv: the Hessian after a chosen epoch (0-based, as in metrics.csv)."""
+
+    epoch: int
+    lambda_max: float
+    trace: float
+    trace_stderr: float
+    # eigenvalue_0, eigenvalue_1, ...: the top eigenvalues
+
+
+def fields_of(schema: type) -> set[str]:
+    """The keys a schema (one of the TypedDicts above) defines, its bases' included."""
+    return set(schema.__annotations__)

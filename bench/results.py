@@ -22,8 +22,9 @@ from typing import Any
 import pandas as pd
 
 from . import io
-from .damage import DamagedFile, damaged_files, read_yaml_mapping
-from .records import CONFIG, GRID_DIR, HESSIAN, LEGACY_DEFAULTS, RESULTS, RESULTS_LOCK, SUMMARY, SUMMARY_CONFIG_KEYS
+from .damage import DamagedFile, damaged_files
+from .records import GRID_DIR, LEGACY_DEFAULTS, RESULTS, RESULTS_LOCK, SUMMARY, SUMMARY_CONFIG_KEYS, Summary
+from .rundir import read_config, read_hessian, read_summary
 
 # Columns first in every table (the rest follow in the summaries' order).
 LEADING = ("run_dir", "config_hash", "status", "method", "dataset", "model", "seed")
@@ -34,11 +35,8 @@ _HESSIAN_FIELDS = {"lambda_max": "lambda_max", "trace": "hessian_trace", "hessia
 
 def result_row(run_dir: Path) -> dict[str, Any] | None:
     """The flat row of one run directory, or None if it has no readable summary yet."""
-    try:
-        summary = json.loads((run_dir / SUMMARY).read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(summary, dict):
+    summary = read_summary(run_dir)
+    if summary is None:
         return None
     row: dict[str, Any] = {}
     for key, value in summary.items():
@@ -51,11 +49,8 @@ def result_row(run_dir: Path) -> dict[str, Any] | None:
         else:
             row[key] = json.dumps(value) if isinstance(value, list) else value
     row["run_dir"] = run_dir.name
-    try:
-        hessian = json.loads((run_dir / HESSIAN).read_text())
-    except (OSError, ValueError):
-        hessian = {}
-    if not isinstance(hessian, dict) or hessian.get("epoch") != summary.get("epochs_completed"):
+    hessian = read_hessian(run_dir) or {}
+    if hessian.get("epoch") != summary.get("epochs_completed"):
         hessian = {}  # measured another model than the run's last (e.g. before a resume trained on)
     for src, dst in _HESSIAN_FIELDS.items():
         if src in hessian:
@@ -64,18 +59,14 @@ def result_row(run_dir: Path) -> dict[str, Any] | None:
     return row
 
 
-def _legacy_config(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
+def _legacy_config(run_dir: Path, summary: Summary) -> dict[str, Any]:
     """The config keys a summary written before it carried them lacks, from the run's config.yaml, in name order.
 
     A key RunConfig gained after the run was made is not in its config.yaml: the run used its default."""
     missing = [k for k in SUMMARY_CONFIG_KEYS if k not in summary]
     if not missing:
         return {}
-    try:
-        config = read_yaml_mapping(run_dir / CONFIG) or {}
-    except DamagedFile:
-        config = {}
-    config = {**LEGACY_DEFAULTS, **config}
+    config = {**LEGACY_DEFAULTS, **(read_config(run_dir) or {})}
     return {k: json.dumps(config[k]) if isinstance(config[k], list) else config[k] for k in sorted(missing)
             if k in config}
 

@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -39,7 +38,8 @@ from .loop import TrainLoop
 from .models import count_parameters, create_model
 from .plugins import EpochView, run_hooks
 from .provenance import provenance
-from .records import CHECKPOINT, CONFIG, METRICS, SUMMARY, SUMMARY_CONFIG_KEYS, shard_glob, shard_name
+from .records import CHECKPOINT, METRICS, MetricsRow, Summary, fields_of, shard_glob, shard_name
+from .rundir import config_summary, read_summary, write_config, write_metrics, write_summary
 from .schedules import base_optimizer, lr_range, lr_scheduler
 from .sharpness import sam_sharpness
 from .tensorboard_log import TensorBoardLog
@@ -52,17 +52,6 @@ def resolve_device(config: RunConfig, info: DistInfo | None = None) -> torch.dev
     if config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     return torch.device("cuda", info.local_rank if info else 0)
-
-
-def read_summary(run_dir: Path) -> dict[str, Any] | None:
-    """The summary, or None when there is none or it is damaged (bench.damage tells which)."""
-    import json
-
-    try:
-        summary = json.loads((run_dir / SUMMARY).read_text())
-    except (OSError, ValueError):
-        return None
-    return summary if isinstance(summary, dict) else None
 
 
 def closest_runs(out: Path, name: str, limit: int = 3) -> str:
@@ -93,6 +82,9 @@ def _peak_mem_bytes(device: torch.device) -> int:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+METRICS_FIELDS = fields_of(MetricsRow)
 
 
 class Run:
@@ -238,7 +230,7 @@ class Run:
                 raise refused
         if self.info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            io.write_yaml(self.run_dir / CONFIG, self.config.to_dict())
+            write_config(self.run_dir, self.config.to_dict())
 
     def _load_checkpoint(self, path: Path) -> None:
         state = load_torch(path, self.device, keys=("epoch", "model", "method", "scheduler", "rng_cpu", "metrics"))
@@ -343,7 +335,7 @@ class Run:
     def _train(self) -> dict[str, Any]:
         if self.resume and (summary := read_summary(self.run_dir)) and summary.get("status") == "finished":
             if self.info.is_main and self.rows and not (self.run_dir / METRICS).exists():
-                io.write_csv(self.run_dir / METRICS, pd.DataFrame(self.rows))  # deleted: rebuilt from the checkpoint
+                write_metrics(self.run_dir, self.rows)  # deleted: rebuilt from the checkpoint
             return summary
         status, error = "finished", None
         try:
@@ -360,7 +352,7 @@ class Run:
                 self._save_checkpoint(epoch + 1)
                 faultpoints.reached(f"after-checkpoint-e{epoch + 1}", self.info.rank)
                 if self.info.is_main:
-                    io.write_csv(self.run_dir / METRICS, pd.DataFrame(self.rows))
+                    write_metrics(self.run_dir, self.rows)
                     if self.tensorboard is not None:
                         self.tensorboard.log(row)
                     print(self._epoch_line(row), flush=True)
@@ -376,7 +368,7 @@ class Run:
                 pass  # e.g. the same full disk: the error the user sees is the first one
             raise
         if self.info.is_main:
-            io.write_csv(self.run_dir / METRICS, pd.DataFrame(self.rows))
+            write_metrics(self.run_dir, self.rows)
         if self.tensorboard is not None:
             self.tensorboard.close()
         return self._write_summary(status, error)
@@ -451,10 +443,10 @@ class Run:
         rows = self.rows[:self.saved_epochs] if status == "failed" else self.rows
         speeds = [r["images_per_s"] for r in rows[1:]] or [r["images_per_s"] for r in rows]
         finite = [r for r in rows if math.isfinite(r["train_loss"])]
-        summary = {
-            "method": self.config.method, "dataset": self.config.dataset, "model": self.config.model,
-            "seed": self.config.seed, "epochs": self.config.epochs, "epochs_completed": len(rows),
-            "status": status, "error": error,
+        last = rows[-1] if rows else {}
+        summary: Summary = {
+            **config_summary(self.config, self.config_hash, self.run_dir),
+            "epochs_completed": len(rows), "status": status, "error": error,
             "final_test_acc": finite[-1]["test_acc"] if finite else None,
             "best_test_acc": max((r["test_acc"] for r in finite), default=None),
             "final_train_loss": finite[-1]["train_loss"] if finite else None,
@@ -466,18 +458,14 @@ class Run:
             "train_time_s": sum(r["epoch_time_s"] for r in rows),
             "wall_s": self.elapsed_s,
             "peak_mem_bytes": max((r["peak_mem_bytes"] for r in rows), default=_peak_mem_bytes(self.device)),
-            "hparams": self.config.hparams(), "method_seed": self.config.method_seed(),
-            "config_hash": self.config_hash, "label_noise": self.config.label_noise,
             "label_noise_flipped": getattr(self.data, "label_noise_flipped", 0),
-            "run_dir": self.run_dir.name, "world_size": self.info.world_size, "precision": self.precision,
-            "batch_size": self.config.batch_size, "lr": self.config.lr, "train_subset": self.config.train_subset,
+            "world_size": self.info.world_size, "precision": self.precision,
             "num_samples": self.data.num_samples, "num_params": self.num_params,
-            **{k: getattr(self.config, k) for k in SUMMARY_CONFIG_KEYS},
-            "extras": {k: v for k, v in (rows[-1] if rows else {}).items() if k.startswith(("saf_", "esam_", "mesa_"))},
+            "extras": {k: v for k, v in last.items() if k not in METRICS_FIELDS},  # the method's own numbers
             **provenance(self.device, self.command),
         }
         if self.info.is_main:
-            io.write_json(self.run_dir / SUMMARY, summary)
+            write_summary(self.run_dir, summary)
         return summary
 
 

@@ -8,9 +8,13 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
+import pandas as pd
+import pytest
 import yaml
 
+import optimizers
 from bench import records
+from bench.cells import write_failed_summary
 from bench.config import RunConfig
 from bench.results import result_row
 from bench.run import run
@@ -50,3 +54,28 @@ def test_a_new_summary_carries_its_config_and_an_old_one_gets_it_from_config_yam
     assert old_row["momentum"] == 0.5 and old_row["lr_milestones"] == "[3, 5]" == new_row["lr_milestones"]
     assert {k: v for k, v in old_row.items() if k not in records.SUMMARY_CONFIG_KEYS} == \
         {k: v for k, v in new_row.items() if k not in records.SUMMARY_CONFIG_KEYS}
+
+
+@pytest.mark.parametrize("method", optimizers.methods())
+def test_every_key_a_run_writes_is_in_its_record_schema(method: str, tmp_path: Path) -> None:
+    """summary.json and metrics.csv hold only what bench.records declares; the method's own per-epoch numbers
+    are the summary's extras."""
+    summary = run(RunConfig.from_dict({**TINY, "method": method, "out": str(tmp_path), "epochs": 2,
+                                       "sharpness": True, "sharpness_samples": 32}))
+    run_dir = tmp_path / summary["run_dir"]
+    assert set(json.loads((run_dir / records.SUMMARY).read_text())) <= records.fields_of(records.Summary)
+    columns = set(pd.read_csv(run_dir / records.METRICS).columns)
+    method_numbers = columns - records.fields_of(records.MetricsRow)
+    assert set(summary["extras"]) == method_numbers
+    assert all(name.startswith(f"{method}_") for name in method_numbers)  # a method's numbers carry its name
+
+
+def test_a_failed_cell_summary_follows_the_schema_and_carries_the_config(tmp_path: Path) -> None:
+    config = RunConfig.from_dict({**TINY, "out": str(tmp_path)})
+    run_dir = tmp_path / config.run_name()
+    write_failed_summary(run_dir, config, "OSError: boom", "safbench grid g.yaml")
+    summary = json.loads((run_dir / records.SUMMARY).read_text())
+    assert set(summary) <= records.fields_of(records.Summary)
+    assert summary["status"] == "failed" and summary["epochs_completed"] == 0
+    assert {k: summary[k] for k in records.SUMMARY_CONFIG_KEYS} == {
+        k: getattr(config, k) for k in records.SUMMARY_CONFIG_KEYS}
