@@ -29,8 +29,9 @@ from tqdm import tqdm
 import optimizers
 
 from . import faultpoints, io
+from .checkpoint import read_checkpoint, write_checkpoint
 from .config import RunConfig
-from .damage import check_run_dir, load_torch
+from .damage import check_run_dir
 from .data import create_data
 from .distributed import DistInfo, all_reduce_sum, init_from_env
 from .errors import UsageError
@@ -38,7 +39,7 @@ from .loop import TrainLoop
 from .models import count_parameters, create_model
 from .plugins import EpochView, run_hooks
 from .provenance import provenance
-from .records import CHECKPOINT, METRICS, MetricsRow, Summary, fields_of, shard_glob, shard_name
+from .records import CHECKPOINT, METRICS, MetricsRow, Summary, fields_of
 from .rundir import config_summary, read_summary, write_config, write_metrics, write_summary
 from .schedules import base_optimizer, lr_range, lr_scheduler
 from .sharpness import sam_sharpness
@@ -233,17 +234,7 @@ class Run:
             write_config(self.run_dir, self.config.to_dict())
 
     def _load_checkpoint(self, path: Path) -> None:
-        state = load_torch(path, self.device, keys=("epoch", "model", "method", "scheduler", "rng_cpu", "metrics"))
-        if state.get("config_hash") != self.config_hash:
-            theirs, ours = state.get("identity", {}), self.config.identity()
-            diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
-            raise UsageError(f"checkpoint {path} is from another config (differs in: {', '.join(diff) or '?'})")
-        if state.get("world_size", 1) != self.info.world_size:
-            raise UsageError(f"checkpoint {path} was written with world size {state.get('world_size')}, "
-                             f"this run has {self.info.world_size}")
-        method_state = state["method"]
-        if self.info.rank > 0:  # sharded method state (the SAF store) lives in a per-rank file
-            method_state = self._load_shard(path, state)
+        state, method_state = read_checkpoint(path, self.info, self.device, self.config_hash, self.config.identity())
         self.net.load_state_dict(state["model"])
         self.method.load_state_dict(method_state)
         self.scheduler.load_state_dict(state["scheduler"])
@@ -253,24 +244,6 @@ class Run:
         self.rows = list(state["metrics"])
         self.start_epoch = self.saved_epochs = int(state["epoch"])
         self.elapsed_s = float(state["elapsed_s"])
-
-    def _load_shard(self, path: Path, state: dict[str, Any]) -> Any:
-        """This rank's shard of the checkpoint: the file checkpoint.pt names, holding its epoch and id."""
-        epoch, ckpt_id = int(state["epoch"]), state.get("checkpoint_id")
-        shard = path.with_name(shard_name(self.info.rank, epoch))
-        if ckpt_id is None:
-            raise UsageError(f"checkpoint {path} (world size {self.info.world_size}) was written by an older "
-                             "safbench without shard ids, so its per-rank shards cannot be checked to be of the "
-                             "same epoch; delete the checkpoint files to restart the run")
-        if not shard.exists():
-            raise UsageError(f"checkpoint {path} (epoch {epoch}) names shard {shard.name}, which is missing: "
-                             "the checkpoint is incomplete; delete the checkpoint files to restart the run")
-        data = load_torch(shard, self.device, keys=("epoch", "checkpoint_id", "rank", "method"))
-        if (data["epoch"], data["checkpoint_id"], data["rank"]) != (epoch, ckpt_id, self.info.rank):
-            raise UsageError(f"checkpoint shard {shard} (epoch {data['epoch']}, id {data['checkpoint_id']}) does not "
-                             f"belong to {path} (epoch {epoch}, id {ckpt_id}); refusing to mix them: delete the "
-                             "checkpoint files to restart the run")
-        return data["method"]
 
     def _save_checkpoint(self, epoch: int) -> None:
         try:
@@ -284,46 +257,19 @@ class Run:
         self.saved_epochs = epoch
 
     def _write_checkpoint(self, epoch: int) -> None:
-        """One checkpoint as a unit, whatever the world size. Every rank > 0 writes its epoch-stamped shard
-        (checkpoint-rank<r>-e<epoch>.pt) carrying the checkpoint's id; all meet; rank 0 atomically replaces
-        checkpoint.pt, which names the id; all meet; only then are older shards removed. A crash at any
-        point leaves checkpoint.pt with the shards it names, and a resume checks every shard against it."""
         method_state = self.method.state_dict()
-        ckpt_id = self._new_checkpoint_id()
-        if self.info.rank > 0:
-            io.save_torch(self.run_dir / shard_name(self.info.rank, epoch),
-                          {"epoch": epoch, "checkpoint_id": ckpt_id, "rank": self.info.rank, "method": method_state})
-        faultpoints.reached(f"checkpoint-shard-e{epoch}", self.info.rank)
-        if self.info.enabled:
-            dist.barrier()
-        faultpoints.reached(f"checkpoint-shards-e{epoch}", self.info.rank)
-        if self.info.is_main:
-            self._write_main_checkpoint(epoch, ckpt_id, method_state)
-        if self.info.enabled:
-            dist.barrier()
-            faultpoints.reached(f"checkpoint-main-e{epoch}", self.info.rank)
-            for old in self.run_dir.glob(shard_glob(self.info.rank)):
-                if old.name != shard_name(self.info.rank, epoch):
-                    old.unlink(missing_ok=True)
+        write_checkpoint(self.run_dir, epoch, self.info, self.device, method_state,
+                         lambda ckpt_id: self._main_checkpoint(epoch, ckpt_id, method_state))
 
-    def _new_checkpoint_id(self) -> str:
-        """Drawn by rank 0 (not from torch's generator: resuming stays bit for bit) and shared with every rank."""
-        import secrets
-
-        value = torch.tensor([secrets.randbits(62) if self.info.is_main else 0], dtype=torch.int64,
-                             device=self.device)
-        if self.info.enabled:
-            dist.broadcast(value, 0)
-        return f"{int(value.item()):016x}"
-
-    def _write_main_checkpoint(self, epoch: int, ckpt_id: str, method_state: Any) -> None:
-        state = {"epoch": epoch, "checkpoint_id": ckpt_id, "model": self.net.state_dict(), "method": method_state,
-                 "scheduler": self.scheduler.state_dict(), "rng_cpu": torch.get_rng_state(),
-                 "config_hash": self.config_hash, "identity": self.config.identity(),
-                 "world_size": self.info.world_size, "metrics": self.rows, "elapsed_s": self.elapsed_s}
+    def _main_checkpoint(self, epoch: int, ckpt_id: str, method_state: Any) -> dict[str, Any]:
+        state = {"epoch": epoch, "checkpoint_id": ckpt_id, "model": self.net.state_dict(),
+                 "method": method_state, "scheduler": self.scheduler.state_dict(),
+                 "rng_cpu": torch.get_rng_state(), "config_hash": self.config_hash,
+                 "identity": self.config.identity(), "world_size": self.info.world_size, "metrics": self.rows,
+                 "elapsed_s": self.elapsed_s}
         if self.device.type == "cuda":
             state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
-        io.save_torch(self.run_dir / CHECKPOINT, state)
+        return state
 
     # ---- training --------------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
