@@ -1,3 +1,5 @@
+"""`python -m bench`: the `safbench` command, for a checkout without the console script."""
+
 import sys
 
 from .cli import main

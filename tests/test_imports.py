@@ -108,3 +108,14 @@ def test_optimizers_import_only_torch() -> None:
     extra = {str(p.relative_to(REPO)): third_party(p) - OPTIMIZERS_MAY_IMPORT
              for name, p in modules().items() if name.split(".")[0] == "optimizers"}
     assert not {k: v for k, v in extra.items() if v}
+
+
+MAX_LINES = 450  # a module a newcomer reads in one sitting
+
+
+@pytest.mark.parametrize("name", sorted(modules()))
+def test_every_module_is_small_and_says_what_it_owns(name: str) -> None:
+    path = modules()[name]
+    source = path.read_text()
+    assert ast.get_docstring(ast.parse(source)), f"{path.relative_to(REPO)} has no opening docstring"
+    assert len(source.splitlines()) <= MAX_LINES, f"{path.relative_to(REPO)}: {len(source.splitlines())} lines"
