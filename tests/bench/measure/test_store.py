@@ -14,6 +14,7 @@ from bench.measure.store import (
     storage_loss_error,
     store_sizes,
 )
+from bench.targets import NODE_STORE_TARGET_BYTES
 
 CPU = torch.device("cpu")
 
@@ -23,10 +24,10 @@ def test_imagenet_store_sizes_from_the_formula() -> None:
     one = rows[("saf", "float16", 1)]
     assert one.logit_bytes_per_rank == 1_281_167 * 3 * 1000 * 2 == 7_687_002_000  # 7.69 GB for a whole node
     assert one.bytes_per_rank == 7_687_002_000 + 1_281_167 * 3 * 2  # + the int16 written-epoch marks
-    assert one.bytes_per_node <= 7.7e9  # the target for a whole node in fp16
+    assert one.bytes_per_node <= NODE_STORE_TARGET_BYTES  # the target for a whole node in fp16
     eight = rows[("saf", "float16", 8)]
     assert eight.logit_bytes_per_rank == (160_146 + 1) * 3000 * 2  # ceil(N / 8) rows + the spare row
-    assert eight.bytes_per_node == 8 * eight.bytes_per_rank == 8 * (160_147 * 3 * 2002) <= 7.7e9
+    assert eight.bytes_per_node == 8 * eight.bytes_per_rank == 8 * (160_147 * 3 * 2002) <= NODE_STORE_TARGET_BYTES
     official = rows[("saf_official", "float32", 8)]
     assert official.bytes_per_rank == 15_374_004_000  # 15.4 GB on every rank
     assert official.bytes_per_node == 122_992_032_000
