@@ -16,8 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from bench import rundir
+from bench.checkpoint import read_model
 from bench.config import RunConfig
-from bench.damage import load_torch
 from bench.data import create_data
 from bench.errors import UsageError
 from bench.models import create_model
@@ -67,13 +67,13 @@ def load_run(run_dir: str | Path, device: torch.device, samples: int) -> tuple[R
         if not (run_dir / name).is_file():
             raise UsageError(f"{run_dir} is not a run directory with a checkpoint: {run_dir / name} is missing")
     values = read_config(run_dir, strict=True)
-    state = load_torch(run_dir / CHECKPOINT, device, keys=("model",))
+    weights, epoch = read_model(run_dir, device)
     config = RunConfig.from_record(values)
     data = fixed_data(config, device, samples)
     model = create_model(config.model, num_classes=data.num_classes, in_chans=data.in_chans,
                          img_size=data.img_size).to(device)
-    model.load_state_dict(state["model"])
-    model.checkpoint_epoch = int(state.get("epoch", -1))  # type: ignore[assignment]
+    model.load_state_dict(weights)
+    model.checkpoint_epoch = epoch  # type: ignore[assignment]
     return config, model.eval(), first_batches(data, samples)
 
 

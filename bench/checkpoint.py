@@ -74,6 +74,12 @@ def read_checkpoint(path: Path, info: DistInfo, device: torch.device, config_has
     return state, method_state
 
 
+def read_model(run_dir: Path, device: torch.device) -> tuple[dict[str, Any], int]:
+    """The model's state_dict in the run's checkpoint and the epochs it had trained, for measuring it."""
+    state = load_torch(run_dir / CHECKPOINT, device, keys=("model", "epoch"))
+    return state["model"], int(state["epoch"])
+
+
 def _read_shard(path: Path, state: dict[str, Any], info: DistInfo, device: torch.device) -> Any:
     """This rank's shard of the checkpoint: the file checkpoint.pt names, holding its epoch and id."""
     epoch, ckpt_id = int(state["epoch"]), state.get("checkpoint_id")
