@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.claims import (
+from analysis.report.claims import (
     INCONCLUSIVE,
     NOT_REPRODUCED,
     REPRODUCED,

@@ -8,9 +8,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from analysis import report as rp
 from analysis.landscape import load_landscape
-from analysis.plots import hessian_curves, landscape_files
+from analysis.report import build_report
+from analysis.report.run_files import hessian_curves, landscape_files
 from bench.cli import main
 from bench.results import result_row
 
@@ -43,7 +43,7 @@ def test_stale_hessian_is_not_the_final_models(tmp_path: Path, interrupt_run_at,
     assert main([*RUN, "--out", str(out), "--resume"]) == 0
     row = result_row(run_dir)
     assert row["epochs_completed"] == 2 and "lambda_max" not in row
-    report = rp.build_report(out, tmp_path / "report", figures=False)
+    report = build_report(out, tmp_path / "report", figures=False)
     assert "lambda_max" not in report.rows.columns or report.rows["lambda_max"].isna().all()
     assert hessian_curves(report.rows).empty and landscape_files(report.rows).empty
 
@@ -51,8 +51,8 @@ def test_stale_hessian_is_not_the_final_models(tmp_path: Path, interrupt_run_at,
     assert main(["hessian", str(run_dir), *HESSIAN]) == 0
     final = json.loads((run_dir / "hessian.json").read_text())
     assert final["epoch"] == 2 and result_row(run_dir)["lambda_max"] == final["lambda_max"]
-    curve = hessian_curves(rp.build_report(out, tmp_path / "report2", figures=False).rows)
+    curve = hessian_curves(build_report(out, tmp_path / "report2", figures=False).rows)
     assert curve["epoch"].tolist() == [1] and curve["lambda_max"].tolist() == [final["lambda_max"]]
     assert main(["landscape", str(run_dir), "--samples", "16", "--resolution", "3", "--device", "cpu"]) == 0
-    assert len(landscape_files(rp.build_report(out, tmp_path / "report3", figures=False).rows)) == 1
+    assert len(landscape_files(build_report(out, tmp_path / "report3", figures=False).rows)) == 1
     assert pd.notna(final["lambda_max"])

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import plots
 from analysis.flatness import density_summary
 from analysis.landscape import load_landscape
+from analysis.report import plots
 from bench.cli import main
 from bench.config import RunConfig
 from bench.records import HESSIAN_DENSITY

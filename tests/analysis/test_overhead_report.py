@@ -10,15 +10,18 @@ import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import overhead_report as ohr
-from analysis import report as rp
+from analysis.report import build_report
+from analysis.report import overhead as ohr
+from analysis.report.format import MISSING
+from analysis.report.load import PAPER_SOURCE, load_reference
+from analysis.report.overhead_tables import format_share_table
 from bench.cli import main
-from bench.config import RunConfig
 from bench.errors import UsageError
-from bench.run import run
+from tests.analysis.conftest import curve, write_run
 
 CPU_NAME = "cpu: Test CPU (2 cores, 1 threads)"
 GPU_NAME = "NVIDIA H100 80GB HBM3"
@@ -27,11 +30,11 @@ GPU_NAME = "NVIDIA H100 80GB HBM3"
 # ---- end to end --------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def measured(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A results folder with one tiny run and the three CSVs of one real `safbench overhead` call."""
+    """A results folder with one stored run (written directly) and the three CSVs of one real `safbench overhead`
+    call."""
     results = tmp_path_factory.mktemp("cost") / "results"
-    run(RunConfig.from_dict({"model": "mlp_tiny", "dataset": "synthetic", "method": "sgd", "epochs": 1,
-                             "batch_size": 32, "train_subset": 64, "device": "cpu", "num_workers": 0,
-                             "progress": False, "out": str(results / "tiny")}), command="safbench run (test)")
+    write_run(results / "tiny", curve(np.random.default_rng(0), 1), method="sgd", dataset="synthetic", epochs=1,
+              batch_size=32, train_subset=64)
     rc = main(["overhead", "--device", "cpu", "--models", "mlp_tiny", "--batch-size", "8", "--steps", "1",
                "--repeats", "2", "--warmup", "1", "--num-samples", "64", "--out", str(results / "overhead"),
                "--loop", "--loop-samples", "32", "--store-report", "--store-samples", "200",
@@ -47,7 +50,7 @@ def _md_table(path: Path) -> list[dict[str, str]]:
 
 
 def test_report_has_a_cost_section_from_the_csvs(measured: Path, tmp_path: Path) -> None:
-    report = rp.build_report(measured, tmp_path / "out")
+    report = build_report(measured, tmp_path / "out")
     text = report.report.read_text()
     assert "## Cost per step (safbench overhead)" in text
     for stem in ("overhead_steps", "overhead_share", "overhead_memory", "overhead_loop",
@@ -62,7 +65,7 @@ def test_report_has_a_cost_section_from_the_csvs(measured: Path, tmp_path: Path)
 
 
 def test_step_ratios_shown_are_the_csvs(measured: Path, tmp_path: Path) -> None:
-    rp.build_report(measured, tmp_path / "out", figures=False)
+    build_report(measured, tmp_path / "out", figures=False)
     (steps_csv,) = (measured / "overhead").glob("steps-*.csv")
     csv = pd.read_csv(steps_csv).set_index("method")
     (shown,) = _md_table(tmp_path / "out" / "tables" / "overhead_steps.md")
@@ -78,7 +81,7 @@ def test_step_ratios_shown_are_the_csvs(measured: Path, tmp_path: Path) -> None:
 def test_no_overhead_folder_no_cost_section(measured: Path, tmp_path: Path) -> None:
     results = tmp_path / "results"
     shutil.copytree(measured / "tiny", results / "tiny")
-    report = rp.build_report(results, tmp_path / "out", figures=False)
+    report = build_report(results, tmp_path / "out", figures=False)
     assert "Cost per step" not in report.report.read_text()
     assert not list((tmp_path / "out" / "tables").glob("overhead_*"))
 
@@ -147,9 +150,9 @@ def test_share_table_sets_the_papers_range_beside_ours() -> None:
     steps = ohr.step_table(pd.concat([_steps(CPU_NAME, {"saf": 1.02, "sam": 2.0}, "a"),
                                       _steps(CPU_NAME, {"saf": 0.99, "sam": 1.9}, "b"),
                                       _steps(GPU_NAME, {"saf": 1.005}, "c")], ignore_index=True))
-    reference = rp.load_reference()
+    reference = load_reference()
     shares = ohr.share_table(steps, reference).set_index("method")
-    paper = reference[reference["source"].str.startswith(rp.PAPER_SOURCE) & (reference["method"] == "saf")]
+    paper = reference[reference["source"].str.startswith(PAPER_SOURCE) & (reference["method"] == "saf")]
     assert shares.at["saf", "paper_min"] == paper["throughput_vs_base"].min()
     assert shares.at["saf", "paper_max"] == paper["throughput_vs_base"].max()
     assert shares.at["saf", "paper_n"] == len(paper) > 0
@@ -157,8 +160,8 @@ def test_share_table_sets_the_papers_range_beside_ours() -> None:
         pytest.approx(1 / 0.99) and shares.at["saf", "cpu_n"] == 2
     assert shares.at["saf", "cuda_n"] == 1 and shares.at["sam", "cuda_n"] == 0
     assert math.isnan(shares.at["sam", "cuda_min"])
-    shown = ohr.format_share_table(shares.reset_index()).set_index("Method")
-    assert shown.at["sam", "Ours, GPU (measurements)"] == rp.MISSING
+    shown = format_share_table(shares.reset_index()).set_index("Method")
+    assert shown.at["sam", "Ours, GPU (measurements)"] == MISSING
     assert shown.at["saf", "Ours, GPU (measurements)"] == f"{1 / 1.005:.3f} (1)"
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from matplotlib.contour import ContourSet
 
-from analysis import plots
+from analysis.report import landscape_plots as plots
 
 
 def _surface(scale: float, lowest: float) -> dict:

@@ -1,98 +1,54 @@
-"""`safbench report` on a results folder built from tiny real runs.
+"""`safbench report` on a results folder of stored records written directly (tests/analysis/conftest.py).
 
 The numbers in the tables are checked against pandas aggregates recomputed here straight from the
 run directories' summary.json / hessian.json files (not through the report's loader), and the
-paper's numbers against edits of a copy of the reference CSV.
+paper's numbers against edits of a copy of the reference CSV. One test trains a tiny run and measures
+it with the real commands: the seam between the writers and the report's reader.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import report as rp
+from analysis.landscape import load_landscape
+from analysis.report import Report, build_report
+from analysis.report.aggregate import aggregate, throughput_share
+from analysis.report.format import MISSING, fmt_diff, fmt_pm, render_latex, render_markdown
+from analysis.report.load import REFERENCE_CSV, load_reference
+from analysis.report.plots import plot_lambda
+from analysis.report.tables import dataset_table, format_dataset_table
 from bench.cli import main
 from bench.config import RunConfig
+from bench.records import NOTES
 from bench.results import write_results
 from bench.run import run
-from tests.bench.conftest import write_cifar10, write_fashionmnist
+from tests.analysis.conftest import StoredResults, curve, write_run
 
-HAS_FLATNESS = importlib.util.find_spec("analysis.flatness") is not None
-NO_FLATNESS = "analysis.flatness (Hessian and landscape files of a run) is not available"
 TINY = {"model": "mlp_tiny", "batch_size": 32, "train_subset": 64, "device": "cpu", "num_workers": 0,
         "progress": False}
-SAF = {"e_tilde": 1, "e_start": 1}  # SAF's trajectory loss from the second epoch on
 
 
 @dataclass
 class Built:
     results: Path
     out: Path
-    report: rp.Report
+    report: Report
     commands: list[str]
 
 
-def _command(values: dict[str, Any]) -> str:
-    """The `safbench run` line equivalent to a config dict (what the CLI would have recorded)."""
-    flags = []
-    for k, v in values.items():
-        if k in ("progress", "hessian_epochs", "hessian"):
-            continue
-        flags.append(f"--{k.replace('_', '-')} {v}")
-    return "safbench run " + " ".join(flags)
-
-
-def _run(values: dict[str, Any], commands: list[str]) -> None:
-    command = _command(values)
-    commands.append(command)
-    run(RunConfig.from_dict(values), command=command)
-
-
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
-    return _build(tmp_path_factory.mktemp("report"))
-
-
-def _build(tmp: Path) -> Built:
-    results, commands = tmp / "results", []
-    hessian = {"hessian": True, "hessian_epochs": [0], "hessian_samples": 32} if HAS_FLATNESS else {}
-    for method in ("sgd", "sam", "saf"):
-        for seed in (0, 1):
-            _run({**TINY, **hessian, **(SAF if method == "saf" else {}), "method": method,
-                  "dataset": "synthetic", "epochs": 2, "seed": seed, "out": str(results / "synthetic")},
-                 commands)
-    # A second grid on the same dataset with fewer epochs: a different cell, never merged with the first.
-    _run({**TINY, "method": "sgd", "dataset": "synthetic", "epochs": 1, "seed": 0,
-          "out": str(results / "synthetic-short")}, commands)
-    cifar = write_cifar10(tmp / "cifar-data").root
-    for method in ("sgd", "saf"):
-        _run({**TINY, **(SAF if method == "saf" else {}), "method": method, "dataset": "cifar10", "epochs": 2,
-              "batch_size": 16, "train_subset": 32, "data_root": str(cifar), "out": str(results / "cifar10")},
-             commands)
-    fashion = tmp / "fashion-data"
-    write_fashionmnist(fashion, gz=True)
-    _run({**TINY, "method": "sgd", "dataset": "fashionmnist", "epochs": 1, "batch_size": 16,
-          "train_subset": 32, "data_root": str(fashion), "out": str(results / "fashionmnist")}, commands)
-    if HAS_FLATNESS:
-        from analysis.flatness import density_for_run_dir, landscape_for_run_dir
-
-        seed0 = {d.name.split("-")[2]: d for d in (results / "synthetic").iterdir() if "-s0-" in d.name}
-        for d in seed0.values():
-            landscape_for_run_dir(d, dim=1, samples=32, resolution=7, device="cpu")
-            landscape_for_run_dir(d, dim=2, samples=32, resolution=5, device="cpu")
-            density_for_run_dir(d, samples=32, n_iter=8, device="cpu")
-        landscape_for_run_dir(seed0["sgd"], line_to=seed0["saf"], samples=32, resolution=7, device="cpu")
-    out = tmp / "report"
-    return Built(results, out, rp.build_report(results, out), commands)
+def built(stored_results: StoredResults, tmp_path_factory: pytest.TempPathFactory) -> Built:
+    out = tmp_path_factory.mktemp("report") / "report"
+    return Built(stored_results.results, out, build_report(stored_results.results, out), stored_results.commands)
 
 
 # ---- independent recomputation ------------------------------------------------------------------
@@ -150,7 +106,7 @@ def test_report_writes_every_table_and_figure(built: Built) -> None:
             path = built.out / "tables" / f"{stem}.{ext}"
             assert path.stat().st_size > 0, path
     assert (built.out / "tables" / "cells.csv").stat().st_size > 0
-    figures = FIGURES + (FLATNESS_FIGURES if HAS_FLATNESS else ())
+    figures = FIGURES + FLATNESS_FIGURES
     for stem in figures:
         png, pdf = built.out / "figures" / f"{stem}.png", built.out / "figures" / f"{stem}.pdf"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
@@ -159,7 +115,6 @@ def test_report_writes_every_table_and_figure(built: Built) -> None:
     assert not list(built.out.rglob(".*.tmp")), "a temporary file was left behind"
 
 
-@pytest.mark.skipif(not HAS_FLATNESS, reason=NO_FLATNESS)
 def test_flatness_figures_come_from_the_run_files(built: Built) -> None:
     made = {f.png.stem for f in built.report.figures}
     assert set(FLATNESS_FIGURES) <= made
@@ -231,7 +186,6 @@ def test_cells_of_different_grids_stay_apart(built: Built) -> None:
     assert seeds[("sgd", "epochs=1")] == "1" and seeds[("sgd", "epochs=2")] == "2"
 
 
-@pytest.mark.skipif(not HAS_FLATNESS, reason=NO_FLATNESS)
 def test_hessian_columns_equal_pandas_aggregates(built: Built) -> None:
     runs = _summaries(built.results)
     runs = runs[runs["lambda_max"].notna()]
@@ -246,7 +200,7 @@ def test_hessian_columns_equal_pandas_aggregates(built: Built) -> None:
             shown = _numbers(md[(method, "epochs=2")][column])
             # Shown to 4 significant digits.
             assert shown[0] == pytest.approx(stats.loc[method, (name, "mean")], rel=1e-3)
-    assert md[("sgd", "epochs=1")]["λ_max"] == rp.MISSING  # that run measured none
+    assert md[("sgd", "epochs=1")]["λ_max"] == MISSING  # that run measured none
 
 
 def test_paper_table_shows_only_rows_with_runs_of_ours(built: Built) -> None:
@@ -259,12 +213,12 @@ def test_paper_table_shows_only_rows_with_runs_of_ours(built: Built) -> None:
     for method in ("sgd", "saf"):
         row = by_key[("mlp_tiny", method)]
         _close(row["CIFAR-10 acc (%)"], 100 * ours.loc[method, "final_test_acc"], 2)
-        assert row["CIFAR-10 paper acc (%)"] == row["CIFAR-10 Δ acc"] == rp.MISSING
-        assert all(v == rp.MISSING for k, v in row.items() if k.startswith("CIFAR-100"))
+        assert row["CIFAR-10 paper acc (%)"] == row["CIFAR-10 Δ acc"] == MISSING
+        assert all(v == MISSING for k, v in row.items() if k.startswith("CIFAR-100"))
     # The csv keeps every (model, method) of the paper with the paper's numbers and none of ours.
     csv = pd.read_csv(built.out / "tables" / "paper_table_3.csv", keep_default_na=False, na_values=[""])
     csv_keys = {(r["model"], r["method"]): r for _, r in csv.iterrows()}
-    ref = rp.load_reference()
+    ref = load_reference()
     paper = ref[(ref["table"] == "Table 3") & ref["source"].str.startswith("SAF")]
     for _, p in paper.iterrows():
         row = csv_keys[(p["model"], p["method"])]
@@ -279,7 +233,7 @@ def test_paper_table_shows_only_rows_with_runs_of_ours(built: Built) -> None:
 
 def test_outside_reference_rows_sit_beside_the_dataset_table(built: Built) -> None:
     text = (built.out / "tables" / "dataset_fashionmnist.md").read_text()
-    ref = rp.load_reference()
+    ref = load_reference()
     sam = ref[(ref["dataset"] == "fashionmnist")]
     assert len(sam) >= 2
     for _, r in sam.iterrows():
@@ -287,7 +241,7 @@ def test_outside_reference_rows_sit_beside_the_dataset_table(built: Built) -> No
 
 
 def test_paper_numbers_come_from_the_reference_csv(built: Built, tmp_path: Path) -> None:
-    ref = pd.read_csv(rp.REFERENCE_CSV)
+    ref = pd.read_csv(REFERENCE_CSV)
     edited = tmp_path / "paper_results.csv"
     row = (ref["table"] == "Table 3") & (ref["dataset"] == "cifar10") & (ref["model"] == "resnet18") \
         & (ref["method"] == "sgd")
@@ -302,7 +256,7 @@ def test_paper_numbers_come_from_the_reference_csv(built: Built, tmp_path: Path)
          "throughput_vs_base": float("nan"), "notes": ""}])
     pd.concat([ref, extra]).to_csv(edited, index=False)
     out = tmp_path / "report"
-    rp.build_report(built.results, out, edited, figures=False)
+    build_report(built.results, out, edited, figures=False)
     md = {(m["Model"], m["Method"]): m for m in _md_rows(out / "tables" / "paper_table_3.md")}
     edited_csv = pd.read_csv(out / "tables" / "paper_table_3.csv")
     assert edited_csv.query("model == 'resnet18' and method == 'sgd'")["cifar10_paper_acc"].tolist() == [12.34]
@@ -328,12 +282,12 @@ def test_diverged_and_failed_runs_are_counted_not_averaged(built: Built) -> None
     cell = (rows["dataset"] == "synthetic") & (rows["method"] == "sam")
     victim = rows[cell].index[0]
     rows.loc[victim, "status"] = "diverged"
-    agg = rp.aggregate(rows)
+    agg = aggregate(rows)
     sam = agg[(agg["dataset"] == "synthetic") & (agg["method"] == "sam")].iloc[0]
     kept = rows[cell & (rows["status"] == "finished")]
     assert (sam["n"], sam["n_diverged"]) == (1, 1)
     assert sam["acc_mean"] == pytest.approx(100 * kept["final_test_acc"].mean())
-    shown = rp.format_dataset_table(rp.dataset_table(agg, rp.load_reference(), "synthetic"))
+    shown = format_dataset_table(dataset_table(agg, load_reference(), "synthetic"))
     assert "1 (+1 diverged)" in shown["Seeds"].tolist()
 
 
@@ -344,17 +298,17 @@ def test_throughput_share_uses_the_base_of_the_same_workload() -> None:
         "device_name": ["A", "A", "A", "A", "B"],
         "epochs": [1, 2, 2, 3, 2],
         "img_s_mean": [100.0, 200.0, 100.0, 75.0, 50.0]})
-    shares = rp.throughput_share(cells).tolist()
+    shares = throughput_share(cells).tolist()
     assert shares[:4] == [1.0, 1.0, 0.5, 75.0 / 150.0]  # same config first, else every base cell of it
     assert math.isnan(shares[4])  # no base measured on device B: no ratio across hardware
 
 
 def test_text_rendering() -> None:
-    assert rp.fmt_pm(1.234, 0.5) == "1.23 ± 0.50" and rp.fmt_pm(1.0, float("nan")) == "1.00"
-    assert rp.fmt_pm(float("nan"), 1.0) == rp.MISSING and rp.fmt_diff(-0.5) == "-0.50"
+    assert fmt_pm(1.234, 0.5) == "1.23 ± 0.50" and fmt_pm(1.0, float("nan")) == "1.00"
+    assert fmt_pm(float("nan"), 1.0) == MISSING and fmt_diff(-0.5) == "-0.50"
     table = pd.DataFrame({"Model": ["a_b|c"], "Acc (%)": ["1.00 ± 0.10"]})
-    assert rp.render_markdown(table).splitlines()[2] == r"| a_b\|c | 1.00 ± 0.10 |"
-    tex = rp.render_latex(table, "caption", "tab:x")
+    assert render_markdown(table).splitlines()[2] == r"| a_b\|c | 1.00 ± 0.10 |"
+    tex = render_latex(table, "caption", "tab:x")
     assert r"a\_b|c & 1.00 $\pm$ 0.10 \\" in tex and r"Acc (\%)" in tex and tex.count("tabular") == 2
 
 
@@ -386,33 +340,34 @@ def test_cli_bad_input_is_one_line_and_exit_2(case: str, tmp_path: Path, built: 
 def test_default_out_is_the_results_folder(built: Built, tmp_path: Path) -> None:
     results = tmp_path / "results"
     shutil.copytree(built.results / "cifar10", results / "cifar10")
-    report = rp.build_report(results, figures=False)
+    report = build_report(results, figures=False)
     assert report.report == results / "REPORT.md"
     # A second pass reads the same runs: its own tables and figures are not taken for results.
-    again = rp.build_report(results, figures=False)
+    again = build_report(results, figures=False)
     assert len(again.rows) == len(report.rows) == 2
 
 
 def test_notes_are_quoted_as_conclusions(built: Built, tmp_path: Path) -> None:
     assert "## Conclusions" not in built.report.report.read_text()  # no NOTES.md, no section
-    notes = built.results / "synthetic" / rp.NOTES
+    notes = built.results / "synthetic" / NOTES
     notes.write_text("SAF matched SAM's accuracy on this grid.\n")
     try:
-        text = rp.build_report(built.results, tmp_path / "r", figures=False).report.read_text()
+        text = build_report(built.results, tmp_path / "r", figures=False).report.read_text()
     finally:
         notes.unlink()
     assert "### From `synthetic`" in text and "SAF matched SAM's accuracy on this grid." in text
     assert text.index("## What was measured") < text.index("## Conclusions") < text.index("## Cost")
 
 
-@pytest.mark.skipif(not HAS_FLATNESS, reason=NO_FLATNESS)
 def test_flatness_commands_are_recorded_and_reported(tmp_path: Path) -> None:
-    from analysis.landscape import load_landscape
-
+    """End to end: a trained run, measured by the real `safbench hessian` and `landscape`, read by the report."""
     results = tmp_path / "results"
     run(RunConfig.from_dict({**TINY, "method": "sgd", "dataset": "synthetic", "epochs": 1,
                              "out": str(results / "g")}), command="safbench run ...")
     (run_dir,) = (p for p in (results / "g").iterdir() if not p.name.startswith("."))  # .grid: the run's lock
+    # The records the other tests write by hand have the fields of this real one (or the fixture has drifted).
+    written = write_run(tmp_path / "written", curve(np.random.default_rng(0), 1), method="sgd", dataset="synthetic")
+    assert set(written.summary) == set(json.loads((run_dir / "summary.json").read_text()))
     write_results(results / "g")  # as a grid leaves it: without the Hessian, until `safbench hessian`
     assert "lambda_max" not in pd.read_csv(results / "g" / "results.csv").columns
     hessian = ["hessian", str(run_dir), "--samples", "16", "--trace-samples", "2", "--device", "cpu"]
@@ -424,14 +379,12 @@ def test_flatness_commands_are_recorded_and_reported(tmp_path: Path) -> None:
     assert pd.read_csv(results / "g" / "results.csv")["lambda_max"].tolist() == [measured["lambda_max"]]
     meta = load_landscape(run_dir / "landscape_1d.npz")[1]
     assert meta["command"] == "safbench " + " ".join(landscape) and meta["git_commit"] == measured["git_commit"]
-    text = rp.build_report(results, tmp_path / "r", figures=False).report.read_text()
+    text = build_report(results, tmp_path / "r", figures=False).report.read_text()
     flat = text.split("Commands that measured flatness", 1)[1]
     assert meta["command"] in flat and measured["command"] in flat
 
 
 def test_lambda_figure_draws_a_curve_only_when_there_is_one() -> None:
-    from analysis.plots import plot_lambda
-
     cells = pd.DataFrame({"lambda_max_mean": [3.0, 2.0], "lambda_max_std": [0.5, math.nan],
                           "method_label": ["sgd", "saf"], "model_key": ["m", "m"], "setting": ["", ""]})
     final_only = pd.DataFrame({"epoch": [11, 11], "lambda_max": [3.0, 2.0], "model_key": ["m", "m"],
@@ -444,10 +397,8 @@ def test_lambda_figure_draws_a_curve_only_when_there_is_one() -> None:
 
 def test_report_reads_top_down(built: Built) -> None:
     text = built.report.report.read_text()
-    sections = ["## What was measured", "## Cost", "## Against the paper's tables", "## How to regenerate",
-                "## Provenance"]
-    if HAS_FLATNESS:
-        sections.insert(2, "## Flatness")
+    sections = ["## What was measured", "## Cost", "## Flatness", "## Against the paper's tables",
+                "## How to regenerate", "## Provenance"]
     positions = [text.index(s) for s in sections]
     assert positions == sorted(positions)
     # First the runs of this folder: one overview line per results folder, dataset and model.

@@ -6,32 +6,33 @@ import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import report as rp
+from analysis.report.aggregate import throughput_share
+from analysis.report.format import MISSING
 from bench.cli import main
-
-TINY = ["--dataset", "synthetic", "--model", "mlp_tiny", "--epochs", "1", "--device", "cpu",
-        "--batch-size", "32", "--train-subset", "64", "--no-progress"]
+from tests.analysis.conftest import curve, write_run
 
 
 @pytest.fixture(scope="module")
 def saf_only(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A results folder holding one SAF run and no base-method (SGD) run."""
+    """A results folder holding one SAF run (written directly, as `safbench run` leaves it) and no SGD run."""
     out = tmp_path_factory.mktemp("saf-only") / "r1"
-    assert main(["run", "--method", "saf", *TINY, "--out", str(out)]) == 0
+    write_run(out, curve(np.random.default_rng(0), 1), method="saf", dataset="synthetic", epochs=1, batch_size=32,
+              train_subset=64)
     return out
 
 
 def test_throughput_share_without_any_base_run_is_missing() -> None:
     cells = pd.DataFrame({"method": ["saf", "sam"], "dataset": ["c10"] * 2, "model": ["r18"] * 2,
                           "epochs": [1, 1], "img_s_mean": [50.0, 60.0]})
-    assert all(math.isnan(s) for s in rp.throughput_share(cells))
+    assert all(math.isnan(s) for s in throughput_share(cells))
     # a base run of another workload only: no ratio either (and no KeyError on the empty selection)
     cells = pd.concat([cells, pd.DataFrame({"method": ["sgd"], "dataset": ["c100"], "model": ["r18"],
                                             "epochs": [1], "img_s_mean": [100.0]})], ignore_index=True)
-    assert [math.isnan(s) for s in rp.throughput_share(cells)] == [True, True, False]
+    assert [math.isnan(s) for s in throughput_share(cells)] == [True, True, False]
 
 
 def test_report_on_a_folder_with_no_sgd_run(saf_only: Path, tmp_path: Path,
@@ -43,7 +44,7 @@ def test_report_on_a_folder_with_no_sgd_run(saf_only: Path, tmp_path: Path,
     header = [c.strip() for c in table[0].strip("|").split("|")]
     saf = [c.strip() for c in table[2].strip("|").split("|")]
     assert saf[header.index("Method")] == "saf"
-    assert saf[header.index("Share of base")] == rp.MISSING
+    assert saf[header.index("Share of base")] == MISSING
     assert (out / "REPORT.md").is_file()
 
 

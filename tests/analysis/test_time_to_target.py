@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import plots
-from analysis.time_to_target import format_time_to_target, time_to_target
+from analysis.report.cost import cost_targets, format_time_to_target, time_to_target
+from analysis.report.plots import plot_cost
+from analysis.report.run_files import epoch_curves
 
 # (method, seed) -> per-epoch (test_acc, epoch_time_s); SGD's final mean accuracy is (0.80 + 0.82) / 2 = 0.81.
 CURVES = {
@@ -40,7 +41,7 @@ def _rows(tmp: Path, curves: dict = CURVES, setting: str = "") -> pd.DataFrame:
 
 
 def test_time_to_target_by_hand(tmp_path: Path) -> None:
-    table = time_to_target(plots.epoch_curves(_rows(tmp_path))).set_index("method_label")
+    table = time_to_target(epoch_curves(_rows(tmp_path))).set_index("method_label")
     assert list(table.index) == ["sgd", "sam", "saf"]  # the report's method order
     assert table["target_acc"].tolist() == pytest.approx([0.81] * 3)
     assert table.loc["sgd", "reached_epoch"] == 2 and table.loc["sgd", "seconds"] == pytest.approx(33.0)
@@ -57,22 +58,22 @@ def test_time_to_target_by_hand(tmp_path: Path) -> None:
 
 def test_no_base_run_gives_no_table(tmp_path: Path) -> None:
     without_sgd = {k: v for k, v in CURVES.items() if k[0] != "sgd"}
-    assert time_to_target(plots.epoch_curves(_rows(tmp_path, without_sgd))).empty
+    assert time_to_target(epoch_curves(_rows(tmp_path, without_sgd))).empty
     assert time_to_target(pd.DataFrame()).empty
 
 
 def test_a_method_setting_finds_the_base_of_its_general_setting(tmp_path: Path) -> None:
     rows = _rows(tmp_path, setting="epochs=3")
     rows.loc[rows["method_label"] == "sam", "setting"] = "epochs=3, rho=0.1"
-    table = time_to_target(plots.epoch_curves(rows)).set_index("method_label")
+    table = time_to_target(epoch_curves(rows)).set_index("method_label")
     assert table.loc["sam", "target_acc"] == pytest.approx(0.81) and table.loc["sam", "reached_epoch"] == 1
 
 
 def test_cost_figure_plots_time_and_epochs_with_the_target(tmp_path: Path) -> None:
-    curves = plots.epoch_curves(_rows(tmp_path))
-    targets = plots.cost_targets(curves, pd.DataFrame())
+    curves = epoch_curves(_rows(tmp_path))
+    targets = cost_targets(curves, pd.DataFrame())
     assert targets == {"m": pytest.approx(0.81)}
-    fig = plots.plot_cost(curves, pd.DataFrame(), "t", targets)
+    fig = plot_cost(curves, pd.DataFrame(), "t", targets)
     left, right = fig.axes[0], fig.axes[1]
     sam = [ln for ln in left.get_lines() if ln.get_label() == "sam"][0]
     assert np.allclose(sam.get_xdata(), [21.0, 42.0, 63.0]) and np.allclose(sam.get_ydata(), [60.0, 81.0, 83.0])

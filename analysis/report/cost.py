@@ -1,24 +1,27 @@
-"""Time to target: how long each method trains before its test accuracy first reaches the base
-optimizer's final accuracy, from the runs' metrics.csv (per-epoch test_acc and epoch_time_s).
+"""Cost from the runs' own curves: time to target, and the base's final accuracy the cost figure marks.
 
 The target of a cell is the final test accuracy of its base cell (SGD, or AdamW for ViTs) of the same
 model and setting, averaged over seeds. Each cell is read off its mean curve over seeds: the test
 accuracy and the cumulative training time after each epoch, averaged over the seeds that have that
 epoch. Its time to target is the first epoch whose mean accuracy is at or above the target, or never.
 The base cell itself reaches its own final mean at its last epoch at the latest, by construction.
+
+Curves are analysis.report.run_files.epoch_curves frames; the per-step cost measured by
+`safbench overhead` is analysis.report.overhead's.
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from .report import METHOD_ORDER
+from .aggregate import BASE_LABELS, METHOD_ORDER
+from .format import MISSING, TableFile, dataset_name, is_missing, slug, write_table
+from .run_files import epoch_curves
 
-BASE_LABELS = ("sgd", "adamw")  # report.method_label of the base optimizer alone
-MISSING = "—"
 NEVER = "never"
 
 
@@ -89,7 +92,7 @@ def time_to_target(curves: pd.DataFrame) -> pd.DataFrame:
 def format_time_to_target(table: pd.DataFrame) -> pd.DataFrame:
     """time_to_target as the strings of the report's table (final and best: of the mean curve)."""
     def num(x: float, fmt: str) -> str:
-        return MISSING if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
+        return MISSING if is_missing(x) else format(x, fmt)
 
     cols: dict[str, list[str]] = {"Model": list(table["model_key"]), "Method": list(table["method_label"])}
     if table["setting"].astype(bool).any():
@@ -105,3 +108,39 @@ def format_time_to_target(table: pd.DataFrame) -> pd.DataFrame:
     cols["Training time to it (s)"] = [num(s, ".1f") for s in table["seconds"]]
     cols["× base's time"] = [num(r, ".2f") for r in table["time_ratio"]]
     return pd.DataFrame(cols)
+
+
+def time_to_target_tables(rows: pd.DataFrame, out: Path) -> list[TableFile]:
+    """Per dataset with metrics.csv curves and a base cell: seconds until each method first reaches the
+    base optimizer's final accuracy."""
+    numbers = time_to_target(epoch_curves(rows))
+    written = []
+    for d in dict.fromkeys(numbers.get("dataset", [])):
+        t = numbers[numbers["dataset"] == d].reset_index(drop=True)
+        written.append(write_table(
+            out, f"time_to_target_{slug(d)}", f"{dataset_name(d)}: training time until the base's final accuracy",
+            t, format_time_to_target(t), kind="cost",
+            notes=["Read off each method's mean curve over seeds (metrics.csv): the first epoch whose mean test "
+                   "accuracy reaches the base optimizer's final mean accuracy, and the mean cumulative training "
+                   "time (epoch_time_s, evaluation excluded) up to it; never: no epoch reaches it."]))
+    return written
+
+
+def cost_targets(curves: pd.DataFrame, points: pd.DataFrame) -> dict[str, float]:
+    """model -> the base optimizer's final test accuracy (mean over seeds of its last epoch), when there is
+    exactly one base cell of the model (else the dashed line would be ambiguous).
+
+    `points`: finished rows without curves (final_test_acc), used when the model has no base curve."""
+    out: dict[str, float] = {}
+    for model in dict.fromkeys(list(curves.get("model_key", [])) + list(points.get("model_key", []))):
+        c = curves[(curves["model_key"] == model) & curves["method_label"].isin(BASE_LABELS)] if len(curves) \
+            else curves
+        if len(c) and len(set(zip(c["method_label"], c["setting"], strict=True))) == 1:
+            last = c[c["epoch"] == c["epoch"].max()]
+            out[model] = float(last["test_acc"].mean())
+            continue
+        p = points[(points["model_key"] == model) & points["method_label"].isin(BASE_LABELS)] if len(points) \
+            else points
+        if len(p) and len(set(zip(p["method_label"], p["setting"], strict=True))) == 1 and not len(c):
+            out[model] = float(p["final_test_acc"].mean())
+    return out
