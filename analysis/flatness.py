@@ -34,8 +34,8 @@ from bench.records import (
 )
 from bench.rundir import read_config, read_summary
 
-from .hessian import density, hessian_summary
-from .landscape import loss_curve_1d, loss_line, loss_surface_2d, save_landscape
+from .measure.hessian import density, hessian_summary
+from .measure.landscape import loss_curve_1d, loss_line, loss_surface_2d, save_landscape
 
 
 def fixed_data(config: RunConfig, device: torch.device, samples: int, batch_size: int = 250) -> Any:

@@ -17,7 +17,7 @@ def _hessian(args: argparse.Namespace) -> int:
     from bench.results import write_results
 
     from .flatness import density_for_run_dir, hessian_for_run_dir
-    from .landscape import load_landscape
+    from .measure.landscape import load_landscape
 
     if args.density and (args.density_iter < 1 or args.density_runs < 1):
         raise UsageError(f"--density-iter {args.density_iter} / --density-runs {args.density_runs} are invalid: "

@@ -160,7 +160,7 @@ class Summary(Provenance, total=False):
 
 
 class HessianRecord(Provenance, total=False):
-    """hessian.json: the top eigenvalues and trace of one model of the run (analysis.hessian), and which.
+    """hessian.json: the top eigenvalues and trace of one model of the run (analysis.measure.hessian), and which.
     Measured by `safbench hessian` rather than during the run, it carries its own Provenance."""
 
     epoch: int  # the epochs the measured model had trained: equal to the summary's epochs_completed when final

@@ -1,6 +1,6 @@
 """The loss-landscape charts: 1D curves and interpolation lines, 2D contours and 3D surfaces on one shared scale.
 
-Inputs are the arrays analysis.landscape stores (`alphas`/`xs`/`ys`, `loss`, `accuracy`); every map of a
+Inputs are the arrays analysis.measure.landscape stores (`alphas`/`xs`/`ys`, `loss`, `accuracy`); every map of a
 figure shares one set of log-spaced levels (`landscape_levels`), so what a reader compares has one scale.
 """
 

@@ -19,7 +19,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from analysis.flatness import density_summary
-from analysis.hessian import smooth_density
+from analysis.measure.hessian import smooth_density
 
 from .aggregate import METHOD_ORDER
 from .format import fmt_pm, fmt_sig, is_missing

@@ -4,7 +4,7 @@ Each reader takes labelled rows (analysis.report.aggregate.prepare: `run_path`, 
 returns a long frame with RUN_KEYS repeated on every line, so figures group it like the rows. A file that
 is missing or unreadable is skipped: a figure shows what is there, the damage check is bench.damage's.
 The files are read by bench.rundir's lenient readers, with the names of bench.records; the npz format of
-landscapes and densities is analysis.landscape's.
+landscapes and densities is analysis.measure.landscape's.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.landscape import load_landscape
+from analysis.measure.landscape import load_landscape
 from bench.records import HESSIAN_DENSITY, LANDSCAPE_1D, LANDSCAPE_2D, LANDSCAPE_GLOB, LANDSCAPE_LINE_GLOB
 from bench.rundir import read_hessian, read_hessian_epochs, read_metrics
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from analysis.landscape import save_landscape
+from analysis.measure.landscape import save_landscape
 from bench.config import RunConfig
 from bench.records import (
     HESSIAN_DENSITY,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from analysis.landscape import load_landscape
+from analysis.measure.landscape import load_landscape
 from analysis.report import build_report
 from analysis.report.run_files import hessian_curves, landscape_files
 from bench.cli import main

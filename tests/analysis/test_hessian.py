@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from analysis import hessian
+from analysis.measure import hessian
 
 
 def tiny_mlp(seed: int = 0) -> nn.Module:

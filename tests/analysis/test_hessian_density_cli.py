@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from analysis.flatness import density_summary
-from analysis.landscape import load_landscape
+from analysis.measure.landscape import load_landscape
 from analysis.report import plots
 from bench.cli import main
 from bench.config import RunConfig

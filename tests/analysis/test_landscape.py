@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from analysis import landscape
+from analysis.measure import landscape
 
 
 class Quadratic(nn.Module):

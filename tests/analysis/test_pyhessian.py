@@ -24,7 +24,7 @@ import pytest
 import torch
 from torch import nn
 
-from analysis import hessian
+from analysis.measure import hessian
 
 pyhessian = pytest.importorskip("pyhessian", reason="PyHessian (test extra) is not installed")
 # PyHessian builds its graph with loss.backward(create_graph=True); torch warns about the .grad cycle.

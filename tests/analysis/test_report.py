@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.landscape import load_landscape
+from analysis.measure.landscape import load_landscape
 from analysis.report import Report, build_report
 from analysis.report.aggregate import aggregate, throughput_share
 from analysis.report.format import MISSING, fmt_diff, fmt_pm, render_latex, render_markdown

@@ -1,4 +1,4 @@
-"""Time per Hessian-vector product: ours (analysis.hessian) against PyHessian 0.1 on the same model and data.
+"""Time per Hessian-vector product: ours (analysis.measure.hessian) against PyHessian 0.1 on the same model and data.
 
 A record, not a timed test: nothing here fails on a time. Each pytest-benchmark round times one
 product of each variant in a shuffled order, so the ratios are taken between products measured
@@ -25,7 +25,7 @@ import pytest
 import torch
 from torch import nn
 
-from analysis import hessian
+from analysis.measure import hessian
 
 pyhessian = pytest.importorskip("pyhessian", reason="PyHessian (test extra) is not installed")
 pytestmark = pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True:UserWarning")

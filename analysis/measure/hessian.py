@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from analysis._common import (
+from analysis.measure.restore import (
     Batch,
     LossFn,
     batch_size,

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from analysis._common import (
+from analysis.measure.restore import (
     Batch,
     LossFn,
     batch_size,
