@@ -6,6 +6,7 @@ is read from the source (ast), so it needs no import to succeed and sees every b
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from pathlib import Path
 
@@ -119,3 +120,18 @@ def test_every_module_is_small_and_says_what_it_owns(name: str) -> None:
     source = path.read_text()
     assert ast.get_docstring(ast.parse(source)), f"{path.relative_to(REPO)} has no opening docstring"
     assert len(source.splitlines()) <= MAX_LINES, f"{path.relative_to(REPO)}: {len(source.splitlines())} lines"
+
+
+def test_the_readme_layout_names_every_module_and_subpackage() -> None:
+    """Each package's own modules by file name, and each subpackage by folder (its __init__ lists the rest)."""
+    readme = (REPO / "README.md").read_text()
+    layout = readme[readme.index("## Layout"):]
+    wanted = set()
+    for path in modules().values():
+        parts = path.relative_to(REPO).parts
+        if len(parts) == 2 and path.stem not in ("__init__", "__main__"):
+            wanted.add(path.name)
+        elif len(parts) == 3:
+            wanted.add(f"{parts[1]}/")
+    missing = sorted(w for w in wanted if not re.search(rf"(?<![\w/]){re.escape(w)}", layout))
+    assert not missing, f"README's Layout section does not mention: {', '.join(missing)}"
