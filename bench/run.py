@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 import optimizers
 
-from . import faultpoints, io
+from . import faultpoints, io, lifeline
 from .config import RunConfig
 from .damage import check_run_dir, load_torch
 from .data import create_data
@@ -99,6 +99,7 @@ class Run:
     def __init__(self, config: RunConfig, *, resume: bool = False, command: str | None = None,
                  locked: bool = False) -> None:
         """`locked`: the caller holds the run's lock (a grid cell); otherwise the run takes it itself."""
+        lifeline.hold()  # a grid cell's torchrun worker stops when the grid or torchrun ends (bench.lifeline)
         self.resume = resume
         self.locked = locked
         self._lock: Any = None
