@@ -169,10 +169,17 @@ def _run_torchrun(cell: Cell, nproc_per_node: int, lock: CellLock) -> None:
     proc = subprocess.run(torchrun_command(cell, nproc_per_node), env=env, pass_fds=(lock.fd,),
                           preexec_fn=die_with_parent)
     if proc.returncode < 0 and read_summary(cell.run_dir) is None:
-        raise CellInterrupted(f"torchrun was killed by {signal.Signals(-proc.returncode).name}; "
+        raise CellInterrupted(f"torchrun was killed by {_signal_name(-proc.returncode)}; "
                               "the cell resumes from its last checkpoint when the grid runs again")
     if proc.returncode != 0 and read_summary(cell.run_dir) is None:
         raise RuntimeError(f"torchrun exited with code {proc.returncode} before the run wrote a summary")
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:  # a real-time signal
+        return f"signal {number}"
 
 
 class CellInterrupted(Exception):

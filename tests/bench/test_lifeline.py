@@ -145,6 +145,31 @@ def test_the_next_holder_waits_for_the_workers_of_the_last(tmp_path: Path) -> No
         worker.wait()
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the SystemExit below
+def test_without_pidfds_the_watcher_polls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where pidfds are missing (not Linux >= 5.3) the watcher polls; it ends a process as pidfds would."""
+    import bench.lifeline as lifeline
+
+    lost: list[str] = []
+
+    def record(what: str) -> None:
+        lost.append(what)
+        raise SystemExit  # ends the watcher thread instead of this process
+
+    monkeypatch.setattr(lifeline, "_lost", record)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        watcher = threading.Thread(target=lifeline._watch, args=({child.pid: "the child has ended"}, None, 0))
+        watcher.start()
+        assert not lost and watcher.is_alive()
+        child.kill()  # a zombie until reaped below: the watcher must take that for ended too
+        watcher.join(timeout=WAIT_S)
+        assert lost == ["the child has ended"]
+    finally:
+        child.kill()
+        child.wait()
+
+
 def test_a_worker_whose_holder_has_already_ended_stops_at_once(tmp_path: Path) -> None:
     ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     pid = int(ended.stdout)
