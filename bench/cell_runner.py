@@ -33,6 +33,7 @@ from .cells import (
 )
 from .damage import DamagedFile, damaged_files
 from .grid import Cell
+from .lifeline import die_with_parent, holder_env
 from .records import GRID_DIR
 from .results import write_results
 from .run import LOCK_HELD_ENV
@@ -78,6 +79,9 @@ def run_cell(cell: Cell, *, nproc_per_node: int = 1, lock_wait_s: float = 0.5,
         except (KeyboardInterrupt, SystemExit):
             log_attempt(run_dir, "interrupted")
             raise
+        except CellInterrupted as exc:  # stopped from outside, not by itself: resumable, not failed
+            log_attempt(run_dir, "interrupted", error=str(exc))
+            return Outcome(cell, cell_state(run_dir, check_lock=False), ran=True, error=str(exc))
         except DamagedFile as exc:  # not a failure of the cell: no failed summary, which --retry-failed
             log_attempt(run_dir, "end", status=State.DAMAGED.value, error=str(exc))  # could not clear
             return Outcome(cell, State.DAMAGED, ran=False, error=str(exc))
@@ -159,22 +163,25 @@ def _run_torchrun(cell: Cell, nproc_per_node: int, lock: CellLock) -> None:
     io.write_yaml(path, cell.config.resolved().to_dict())
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env[LOCK_HELD_ENV] = str(lock.path)  # the run must not try to take the lock we hold for it
-    # torchrun shares our lock (pass_fds) and is told to stop if we die (die_with_parent), so a
-    # killed grid process cannot leave an orphan training the cell while another process takes it.
+    # torchrun shares our lock (pass_fds) and is told to stop if we die (die_with_parent); its workers
+    # stop when we or torchrun end, however (holder_env, bench.lifeline), so a killed grid process
+    # cannot leave an orphan training the cell while another process takes it.
+    env.update(holder_env(lock.path))
     proc = subprocess.run(torchrun_command(cell, nproc_per_node), env=env, pass_fds=(lock.fd,),
                           preexec_fn=die_with_parent)
+    if proc.returncode < 0 and read_summary(cell.run_dir) is None:
+        raise CellInterrupted(f"torchrun was killed by {_signal_name(-proc.returncode)}; "
+                              "the cell resumes from its last checkpoint when the grid runs again")
     if proc.returncode != 0 and read_summary(cell.run_dir) is None:
         raise RuntimeError(f"torchrun exited with code {proc.returncode} before the run wrote a summary")
 
 
-def die_with_parent() -> None:
-    """In a child before exec (Linux): receive SIGTERM when the parent dies, even by SIGKILL."""
-    parent = os.getppid()
+def _signal_name(number: int) -> str:
     try:
-        import ctypes
+        return signal.Signals(number).name
+    except ValueError:  # a real-time signal
+        return f"signal {number}"
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return  # not Linux: the caveat stands
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
+
+class CellInterrupted(Exception):
+    """The cell's processes were stopped from outside (torchrun killed by a signal): it stays interrupted."""

@@ -10,7 +10,8 @@ State, read from the run directory and the lock (never stored, so it cannot go s
 
 Locks are `fcntl.flock` on <out>/.grid/locks/<run name>.lock. The kernel drops a flock when its
 holder dies, even by SIGKILL, so a lock left by a dead process is free for the next grid process
-to take; the file's text (host, pid, time) is only a note for people and for `--dry-run`. Lock
+to take; the file's text (host, pid, time) is only a note for people and for `--dry-run`. A taker
+also waits until no torchrun worker of an earlier holder is alive (<run name>.workers, bench.lifeline). Lock
 files are never deleted: unlinking a file someone may be waiting on lets two processes hold "the"
 lock on different inodes.
 
@@ -37,6 +38,7 @@ from typing import Any
 
 from .damage import DamagedFile, damaged_files
 from .errors import UsageError
+from .lifeline import workers_gone
 from .records import ATTEMPTS, CHECKPOINT, CONFIG, GRID_DIR, METRICS, SUMMARY, failed_summary
 from .rundir import config_summary, read_summary, write_summary
 
@@ -121,6 +123,10 @@ class CellLock:
                     raise UsageError(f"cannot lock {self.path}: the file system does not support flock "
                                      "(NFS mounted with nolock? Lustre without -o flock?)") from None
                 raise
+        # The lock is ours; a torchrun worker of a dead holder may still be stopping (bench.lifeline).
+        if not workers_gone(self.path, max(0.0, deadline - time.monotonic()), poll_s):
+            os.close(fd)
+            return False
         self.previous = os.pread(fd, 200, 0).decode(errors="replace").strip()
         note = f"{platform.node()} {os.getpid()} {time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode()
         os.ftruncate(fd, 0)

@@ -6,9 +6,10 @@
     safbench grid grids/paper-cifar.yaml --launcher gpus # one worker per visible GPU
     safbench grid grids/paper-imagenet.yaml --launcher slurm --partition gpu --nproc-per-node 8
 
-Exit status: 0 when every cell is finished or diverged (or submitted, for slurm), 1 when a cell
-failed, 2 for a bad grid file or option (nothing has run then) or when a cell has a damaged file
-(the other cells run; each damaged one gets a line saying which file and what to do).
+Exit status: 0 when every cell is finished or diverged (or submitted, for slurm), or is left to be
+resumed by the next invocation (held by another process, or interrupted: its torchrun was killed), 1
+when a cell failed, 2 for a bad grid file or option (nothing has run then) or when a cell has a damaged
+file (the other cells run; each damaged one gets a line saying which file and what to do).
 """
 
 from __future__ import annotations

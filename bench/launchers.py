@@ -25,11 +25,12 @@ from typing import Any
 
 import submitit
 
-from .cell_runner import Outcome, die_with_parent, prepare_retry, run_cell, run_cells
+from .cell_runner import Outcome, prepare_retry, run_cell, run_cells
 from .cells import DONE, State, cell_state
 from .config import RunConfig
 from .errors import UsageError
 from .grid import Cell
+from .lifeline import die_with_parent
 from .records import GRID_DIR
 from .results import write_results
 

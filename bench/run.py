@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 import optimizers
 
-from . import faultpoints, io
+from . import faultpoints, io, lifeline
 from .checkpoint import read_checkpoint, write_checkpoint
 from .config import RunConfig
 from .damage import check_run_dir
@@ -94,6 +94,7 @@ class Run:
     def __init__(self, config: RunConfig, *, resume: bool = False, command: str | None = None,
                  locked: bool = False) -> None:
         """`locked`: the caller holds the run's lock (a grid cell); otherwise the run takes it itself."""
+        lifeline.hold()  # a grid cell's torchrun worker stops when the grid or torchrun ends (bench.lifeline)
         self.resume = resume
         self.locked = locked
         self._lock: Any = None
