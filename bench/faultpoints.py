@@ -5,9 +5,11 @@
     SAFBENCH_PAUSE_AT=<point>:<entered>:<release> on reaching <point>, create the file <entered> and wait
                                                   until the file <release> exists (a barrier the test owns)
 
-A point is a name such as "epoch-1" (the start of epoch 1), "checkpoint-shards" (every rank has written
-its shard, before the main checkpoint) or "after-checkpoint" (the checkpoint is written, metrics.csv and
-summary.json are not). A point may be qualified by rank, "checkpoint-shards@1", to stop one rank only.
+A point is a name such as "epoch-1" (the start of epoch 1), "checkpoint-shards-e2" (every rank has written
+its epoch-2 shard, before the main checkpoint), "after-checkpoint-e2" (the checkpoint is written, metrics.csv
+and summary.json are not), "before-summary" (metrics.csv complete, summary.json not written) or
+"write-<file name>" (inside an atomic write: the temporary file written, not yet renamed into place).
+A point may be qualified by rank, "checkpoint-shards-e2@1", to stop one rank only.
 With neither variable set (always, outside tests) `reached` costs two dictionary look-ups.
 """
 

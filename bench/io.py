@@ -12,6 +12,7 @@ from typing import IO, Any
 
 import yaml
 
+from . import faultpoints
 from .errors import UsageError
 
 
@@ -21,6 +22,7 @@ def atomic_write(path: str | Path, write: Callable[[IO], None], *, binary: bool 
     try:
         with os.fdopen(fd, "wb" if binary else "w") as f:
             write(f)
+            faultpoints.reached(f"write-{path.name}")  # the temporary file written, not yet in place
             f.flush()
             os.fsync(f.fileno())
         umask = os.umask(0)

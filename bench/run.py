@@ -316,6 +316,7 @@ class Run:
             raise
         if self.info.is_main:
             write_metrics(self.run_dir, self.rows)
+        faultpoints.reached("before-summary", self.info.rank)  # metrics.csv complete, summary.json not yet
         if self.tensorboard is not None:
             self.tensorboard.close()
         return self._write_summary(status, error)

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -17,6 +15,7 @@ import torch
 import bench.cell_runner
 from bench.cells import State, cell_state, lock_holder, lock_path
 from bench.cli import main
+from bench.faultpoints import CRASH_ENV, CRASH_EXIT
 from bench.grid import load_grid
 from bench.results import collect_results
 from bench.run import Run
@@ -251,45 +250,38 @@ def _check_complete(out: Path, cells, reference: Path | None = None) -> None:
     assert set(results["status"]) == {"finished"}
 
 
-def _wait_for(predicate, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate() and time.monotonic() < deadline:
-        time.sleep(0.01)
+# Each grid process dies (os._exit: like SIGKILL, no cleanup) at the next point of this list; each point is
+# reached by the first unfinished cell, which resumes from where the previous death left it.
+KILL_POINTS = (
+    "epoch-2",  # two epochs checkpointed
+    "write-checkpoint.pt",  # epoch 2 trained; its checkpoint half written (the temporary file only)
+    "write-metrics.csv",  # epoch 2 trained again and checkpointed; metrics.csv half written
+    "before-summary",  # epoch 3 trained and checkpointed, metrics.csv complete, no summary.json
+    "write-summary.json",  # summary.json half written
+    "write-results.csv",  # the cell finished; results.csv half written
+    "after-checkpoint-e1",  # the next cell: its first checkpoint written, metrics.csv not
+)
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_moments_then_rerun_loses_nothing(tmp_path: Path) -> None:
+def test_killed_at_each_write_point_then_rerun_loses_nothing(tmp_path: Path) -> None:
+    """Grid processes killed, one after another, at every kind of point where a file is half written or one
+    file is ahead of another; then one more run. Every cell ends equal to the uninterrupted reference,
+    with no temporary file left. The kills land by crash hooks (bench.faultpoints), never by timing."""
     path = write_grid(tmp_path / "g.yaml", base={"epochs": 4, "train_subset": 96},
                       grid={"method": ["sgd", "sam", "saf", "mesa"]},
                       per_method={"saf": {"e_tilde": 1, "e_start": 1}, "mesa": {"e_start": 1}})
     out, ref = tmp_path / "out", tmp_path / "ref"
     cells = load_grid(path).cells(out=str(out))
     assert main(["grid", str(path), "--out", str(ref)]) == 0  # the uninterrupted reference
-    # How long one cell trains here (from its attempt log), to aim the kills inside the work.
-    spans = [attempts(ref / c.name)[-1]["time"] - attempts(ref / c.name)[0]["time"] for c in cells]
-    per_cell = sum(spans) / len(spans)
-    rng = random.Random(1234)
-    kills = 0
-    for _ in range(3):
-        left = sum(cell_state(c.run_dir) is not State.FINISHED for c in cells)
-        if not left:
-            break
-        starts_before = sum(len(start_events(c.run_dir)) for c in cells)
-        proc = subprocess.Popen(bench_cmd("grid", str(path), "--out", str(out)), cwd=REPO, env=cli_env(),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait_for(lambda: sum(len(start_events(c.run_dir)) for c in cells) > starts_before  # noqa: B023
-                  or proc.poll() is not None)  # noqa: B023
-        # Anywhere in the remaining work (training, a checkpoint, a summary or a results.csv write);
-        # within 60% of the estimate, so the kill lands in the work even if the process runs fast.
-        time.sleep(rng.uniform(0.0, 0.6) * per_cell * left)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait()
-    assert kills >= 1
+    for point in KILL_POINTS:
+        killed = subprocess.run(bench_cmd("grid", str(path), "--out", str(out)), cwd=REPO,
+                                env={**cli_env(), CRASH_ENV: point}, capture_output=True, text=True, timeout=300)
+        assert killed.returncode == CRASH_EXIT, (point, killed.stdout[-2000:], killed.stderr[-2000:])
+    assert sum(cell_state(c.run_dir) is State.FINISHED for c in cells) == 1  # the rest is still to do
     assert run_cli("grid", str(path), "--out", str(out)).returncode == 0
     all_starts = [a for c in cells for a in start_events(c.run_dir)]
-    assert len(all_starts) > len(cells)  # some attempt really was cut short
+    assert len(all_starts) == len(cells) + len(KILL_POINTS) - 1  # each kill cut an attempt, but results.csv's
     _check_complete(out, cells, reference=ref)
 
 
