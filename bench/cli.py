@@ -96,8 +96,11 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 
 class _Parser(argparse.ArgumentParser):
+    hint = ""  # said after an unknown subcommand
+
     def error(self, message: str) -> None:  # one line, exit 2, like every other bad input
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        hint = self.hint if "invalid choice" in message else ""
+        self.exit(2, f"{self.prog}: error: {message}{hint}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,8 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     from . import grid_cli
     from .measure import cli as measure_cli
 
-    for register_commands in (register, grid_cli.register, measure_cli.register,
-                              *plugins.loaded(plugins.COMMANDS).values()):
+    plugged = plugins.loaded(plugins.COMMANDS)
+    if not plugged:  # a checkout on PYTHONPATH, never installed: its entry points are unknown to Python
+        parser.hint = ("; report, hessian and landscape come from the installed package's entry points: "
+                       "run bash scripts/setup.sh (pip install -e .)")
+    for register_commands in (register, grid_cli.register, measure_cli.register, *plugged.values()):
         register_commands(subparsers)
     return parser
 

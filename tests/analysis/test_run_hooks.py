@@ -44,3 +44,12 @@ def test_no_hook_installed_refuses_hessian_in_one_line(tmp_path: Path, monkeypat
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "needs the Hessian run hook" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_without_the_installed_entry_points_an_analysis_command_says_how_to_get_it(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setattr(plugins, "loaded", lambda group: {})
+    with pytest.raises(SystemExit) as exited:
+        main(["report"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exited.value.code == 2 and len(err) == 1 and "scripts/setup.sh" in err[0]
