@@ -24,7 +24,7 @@ import pandas as pd
 import pytest
 import torch
 
-from bench.cells import CellLock, State, cell_state, lock_path
+from bench.cells import CellLock, State, cell_state, lock_holder, lock_path
 from bench.cli import main
 from bench.faultpoints import PAUSE_ENV
 from bench.grid import load_grid
@@ -265,8 +265,11 @@ def test_no_process_of_a_torchrun_cell_outlives_a_kill(tmp_path: Path, killed: s
             os.kill(torchrun, signal.SIGKILL)
         grid.wait(timeout=WAIT_S)  # killed; or, torchrun killed, the grid ends on its own
         # Neither torchrun nor any worker goes on (nor a DataLoader worker: any process naming the out folder).
-        _wait_for(lambda: all(_gone(p) for p in [torchrun, *workers]) and not _processes_mentioning(str(out)),
-                  timeout=WAIT_S, what="every process of the cell to end")
+        # The lock too: a process's files close when its last thread has exited, which can be after its main
+        # thread already shows as a zombie (what _gone sees).
+        _wait_for(lambda: all(_gone(p) for p in [torchrun, *workers]) and not _processes_mentioning(str(out))
+                  and lock_holder(lock_path(cell.run_dir)) is None,
+                  timeout=WAIT_S, what="every process of the cell to end and the cell's lock to be free")
     finally:
         for pid in [grid.pid] * (grid.poll() is None) + _processes_mentioning(str(out)):
             os.kill(pid, signal.SIGKILL)
