@@ -273,6 +273,9 @@ class RunConfig:
         for k in list(values):
             if k in defaults and k not in _V1_RUN_KEYS and values[k] == defaults[k]:
                 del values[k]
+        for hp in optimizers.method_spec(self.method).hparams:
+            if hp.added_later and values.get(hp.name) == hp.default:
+                del values[hp.name]
         return values
 
     def config_hash(self) -> str:

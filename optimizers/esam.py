@@ -5,6 +5,10 @@ beta; the others get no weight gradient in the ascent pass, and e = rho * g / (b
 SDS (sharpness-sensitive data selection): the descent pass sees only the ceil(gamma * B) samples
 whose loss rose most under the perturbation, L_i(w + e) - L_i(w).
 With beta = gamma = 1 every tensor is perturbed, every sample kept, and the step is SAM's.
+
+`selection="official"` keeps the samples the official code (utils/Esam.py) keeps instead: every sample when
+gamma >= 0.99, else those whose rise is strictly above the int(gamma B)-th largest rise (int(gamma B) - 1
+of them without ties). Where that keeps none, the official loss is the mean of nothing (NaN); ours raises.
 """
 
 from __future__ import annotations
@@ -27,7 +31,10 @@ SPEC = MethodSpec(
              HParam("beta", float, 0.5, "SWP: probability that a parameter tensor is perturbed",
                     source="ESAM paper, Sec. 4 (CIFAR)", low=0.0, high=1.0, low_open=True),
              HParam("gamma", float, 0.5, "SDS: fraction of the batch, by largest loss rise, in the descent pass",
-                    source="ESAM paper, Sec. 4 (CIFAR)", low=0.0, high=1.0, low_open=True)))
+                    source="ESAM paper, Sec. 4 (CIFAR)", low=0.0, high=1.0, low_open=True),
+             HParam("selection", str, "paper", "SDS rule: the paper's ceil(gamma B) largest rises, or the official "
+                    "code's rises above the int(gamma B)-th largest", source="ESAM paper, Sec. 3.2",
+                    choices=("paper", "official"), added_later=True)))
 
 
 class ESAM(SAM):
@@ -35,11 +42,12 @@ class ESAM(SAM):
     spec = SPEC
 
     def __init__(self, model: nn.Module, base_optimizer: torch.optim.Optimizer, *, rho: float = RHO.default,
-                 beta: float = SPEC.defaults["beta"], gamma: float = SPEC.defaults["gamma"], seed: int = 0,
-                 **common: Any) -> None:
+                 beta: float = SPEC.defaults["beta"], gamma: float = SPEC.defaults["gamma"],
+                 selection: str = SPEC.defaults["selection"], seed: int = 0, **common: Any) -> None:
         super().__init__(model, base_optimizer, rho=rho, **common)
-        hp = SPEC.check({"rho": rho, "beta": beta, "gamma": gamma, "adaptive": common.get("adaptive", False)})
-        self.beta, self.gamma = hp["beta"], hp["gamma"]
+        hp = SPEC.check({"rho": rho, "beta": beta, "gamma": gamma, "selection": selection,
+                         "adaptive": common.get("adaptive", False)})
+        self.beta, self.gamma, self.selection = hp["beta"], hp["gamma"], hp["selection"]
         self.seed = int(seed)
         # A private CPU generator: the tensor draw needs no device sync and is saved in state_dict.
         self.generator = torch.Generator().manual_seed(int(seed))
@@ -51,13 +59,25 @@ class ESAM(SAM):
 
     def second_pass_batch(self, inputs: Tensor, targets: Tensor, clean_losses: Tensor) -> tuple[Tensor, Tensor]:
         batch = targets.shape[0]
-        k = max(1, math.ceil(self.gamma * batch))
-        self._selected_fraction = k / batch
-        if k == batch:
+        official = self.selection == "official"
+        k = int(self.gamma * batch) if official else max(1, math.ceil(self.gamma * batch))
+        if (official and self.gamma >= 0.99) or k == batch:
+            self._selected_fraction = 1.0
             return inputs, targets
+        if k == 0:
+            raise ValueError(f"ESAM selection='official' with gamma={self.gamma} keeps no sample of a batch of "
+                             f"{batch} (int(gamma B) = 0); raise gamma or the batch size")
         with torch.no_grad(), self.frozen_bn():
             perturbed_losses = self.criterion(self.forward(inputs), targets, reduction="none")
-        chosen = torch.topk(perturbed_losses - clean_losses, k, sorted=False).indices
+        rises = perturbed_losses - clean_losses
+        if official:  # one device-to-host sync for the count, as the official boolean index has too
+            chosen = (rises > torch.topk(rises, k).values[-1]).nonzero().squeeze(1)
+            if chosen.numel() == 0:
+                raise ValueError(f"ESAM selection='official' kept no sample of a batch of {batch} (gamma={self.gamma}: "
+                                 "no rise is above the int(gamma B)-th largest); the official loss would be NaN")
+        else:
+            chosen = torch.topk(rises, k, sorted=False).indices
+        self._selected_fraction = chosen.numel() / batch
         return inputs[chosen], targets[chosen]
 
     def extra_metrics(self) -> dict[str, float]:

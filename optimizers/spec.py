@@ -37,6 +37,9 @@ class HParam:
     low_open: bool = False
     high_open: bool = False
     choices: tuple[str, ...] | None = None
+    # Added to a method after runs of it were made: names a run (joins its config hash) only when set away
+    # from the default, so that those runs keep their names.
+    added_later: bool = False
 
     def check(self, value: Any) -> Any:
         """The value as this type, or ValueError naming the value and what is allowed."""

@@ -79,3 +79,23 @@ def test_a_failed_cell_summary_follows_the_schema_and_carries_the_config(tmp_pat
     assert summary["status"] == "failed" and summary["epochs_completed"] == 0
     assert {k: summary[k] for k in records.SUMMARY_CONFIG_KEYS} == {
         k: getattr(config, k) for k in records.SUMMARY_CONFIG_KEYS}
+
+
+def test_every_committed_run_keeps_its_name() -> None:
+    """A key added to RunConfig or to a method (HParam.added_later) since a committed run was made must not
+    change that run's config hash: its directory name, and what `--resume` and `grid` look for."""
+    repo = Path(__file__).resolve().parents[2]
+    checked = 0
+    for summary_path in sorted((repo / "results").rglob(records.SUMMARY)):
+        summary = json.loads(summary_path.read_text())
+        values = yaml.safe_load((summary_path.parent / records.CONFIG).read_text())
+        assert RunConfig.from_record(values).config_hash() == summary["config_hash"], summary_path.parent.name
+        checked += 1
+    assert checked >= 60  # the committed Fashion-MNIST runs
+
+
+def test_a_key_added_later_names_a_run_only_when_set() -> None:
+    esam = RunConfig.from_dict({"method": "esam"})
+    assert "selection" not in esam.identity()
+    official = RunConfig.from_dict({"method": "esam", "selection": "official"})
+    assert official.identity()["selection"] == "official" and official.config_hash() != esam.config_hash()

@@ -99,6 +99,7 @@ def sam_grads(
     mask: list[bool] | None = None,
     beta: float = 1.0,
     gamma: float = 1.0,
+    selection: str = "paper",
 ):
     """SAM/ASAM/ESAM descent gradient at the current weights (weights restored afterwards).
 
@@ -123,13 +124,20 @@ def sam_grads(
             p.add_(rho * d / (beta * (norm + EPS)))
 
     batch = y.shape[0]
-    k = max(1, math.ceil(gamma * batch))
+    # Paper: the ceil(gamma B) largest rises. Official utils/Esam.py: every sample when gamma >= 0.99, else the
+    # rises strictly greater than the int(gamma B)-th largest one.
+    official = selection == "official"
+    k = int(gamma * batch) if official else max(1, math.ceil(gamma * batch))
     chosen = list(range(batch))
-    if k < batch:
+    if k < batch and not (official and gamma >= 0.99):
         with torch.no_grad(), restored_buffers(model):
             perturbed = ref_ce(model(x), y, label_smoothing)
         rise = [float(perturbed[i] - clean[i].detach()) for i in range(batch)]
-        chosen = sorted(sorted(range(batch), key=lambda i: -rise[i])[:k])
+        if official:
+            kth_largest = sorted(rise, reverse=True)[k - 1]
+            chosen = [i for i in range(batch) if rise[i] > kth_largest]
+        else:
+            chosen = sorted(sorted(range(batch), key=lambda i: -rise[i])[:k])
     chosen_t = torch.tensor(chosen)
     ctx = restored_buffers(model) if bn_update == "clean" else contextlib.nullcontext()
     with ctx:
@@ -168,6 +176,7 @@ def sam_step(
     bn_update="clean",
     esam: RefESAM | None = None,
     gamma: float = 1.0,
+    selection: str = "paper",
 ):
     params = opt_params(opt)
     mask = esam.mask(len(params)) if esam is not None else None
@@ -184,6 +193,7 @@ def sam_step(
         mask=mask,
         beta=beta,
         gamma=gamma,
+        selection=selection,
     )
     apply_grads(opt, grads)
     return loss, logits, chosen

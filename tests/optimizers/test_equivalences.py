@@ -289,3 +289,49 @@ def test_esam_step_where_the_draw_selects_no_tensor_is_an_unperturbed_step() -> 
             method.step(x[idx], y[idx])
             ref.sam_step(ref_model, ref_opt, x[idx], y[idx], rho=0.5, esam=draw, gamma=1.0)
     assert_same_state(model, ref_model, atol=1e-6)
+
+
+@pytest.mark.parametrize("model_kind", ["mlp", "convbn"])
+@pytest.mark.parametrize("beta,gamma,seed", [(1.0, 0.5, 0), (0.5, 0.25, 3), (0.7, 0.6, 11)])
+def test_esam_official_selection_keeps_the_rises_above_the_int_gamma_b_th(model_kind, beta, gamma, seed) -> None:
+    """selection='official' against the float64 loop's reading of the official utils/Esam.py: int(gamma B) - 1
+    samples (distinct rises), the same training trajectory."""
+    model = MODELS[model_kind]()
+    ref_model = twin(model)
+    x, y = data(model_kind, 12, seed=seed + 20)
+    method = optimizers.create("esam", model, base_optimizer("sgd", model), rho=0.5, beta=beta, gamma=gamma,
+                               seed=seed, selection="official")
+    ref_opt = base_optimizer("sgd", ref_model)
+    draw = ref.RefESAM(seed, beta)
+    recorder = PassRecorder(model)
+    for step in range(3):
+        recorder.calls.clear()
+        method.step(x, y)
+        _, _, chosen = ref.sam_step(ref_model, ref_opt, x, y, rho=0.5, esam=draw, gamma=gamma, selection="official")
+        second = recorder.calls[-1][0]
+        assert second.shape[0] == len(chosen) == int(gamma * 12) - 1
+        assert _rows(second, x) == chosen, f"step {step}"
+        assert method.extra_metrics()["esam_selected_fraction"] == pytest.approx(len(chosen) / 12)
+    assert_same_state(model, ref_model, atol=1e-6)
+
+
+@pytest.mark.parametrize("gamma,batch,kept", [(0.99, 8, 8), (0.995, 8, 8), (0.95, 8, 6), (0.9, 10, 8)])
+def test_esam_official_selection_batch_sizes(gamma: float, batch: int, kept: int) -> None:
+    """gamma >= 0.99 keeps every sample; below, int(gamma B) - 1 (the paper's rule would keep ceil(gamma B))."""
+    model = MODELS["mlp"]()
+    x, y = data("mlp", batch)
+    method = optimizers.create("esam", model, base_optimizer("sgd", model), rho=0.1, beta=1.0, gamma=gamma,
+                               selection="official")
+    recorder = PassRecorder(model)
+    method.step(x, y)
+    assert recorder.calls[-1][0].shape[0] == kept
+
+
+def test_esam_official_selection_that_keeps_nothing_says_so() -> None:
+    model = MODELS["mlp"]()
+    x, y = data("mlp", 8)
+    for gamma, words in ((0.1, "int(gamma B) = 0"), (0.2, "the official loss would be NaN")):
+        method = optimizers.create("esam", model, base_optimizer("sgd", model), rho=0.1, beta=1.0, gamma=gamma,
+                                   selection="official")
+        with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(")", r"\)")):
+            method.step(x, y)
