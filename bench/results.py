@@ -21,6 +21,8 @@ from typing import Any
 
 import pandas as pd
 
+import optimizers
+
 from . import io
 from .damage import DamagedFile, damaged_files
 from .records import GRID_DIR, LEGACY_DEFAULTS, RESULTS, RESULTS_LOCK, SUMMARY, SUMMARY_CONFIG_KEYS, Summary
@@ -48,6 +50,11 @@ def result_row(run_dir: Path) -> dict[str, Any] | None:
             row.update({f"{key}_{k}": v for k, v in value.items()})
         else:
             row[key] = json.dumps(value) if isinstance(value, list) else value
+    hparams = summary.get("hparams")
+    if isinstance(hparams, dict) and summary.get("method") in optimizers.methods():
+        for hp in optimizers.method_spec(summary["method"]).hparams:
+            if hp.added_later and hp.name not in hparams:  # made before the key existed: it ran as the default
+                row[f"hp_{hp.name}"] = hp.default
     row["run_dir"] = run_dir.name
     hessian = read_hessian(run_dir) or {}
     if hessian.get("epoch") != summary.get("epochs_completed"):

@@ -99,3 +99,13 @@ def test_a_key_added_later_names_a_run_only_when_set() -> None:
     assert "selection" not in esam.identity()
     official = RunConfig.from_dict({"method": "esam", "selection": "official"})
     assert official.identity()["selection"] == "official" and official.config_hash() != esam.config_hash()
+
+
+def test_a_run_made_before_a_key_was_added_has_its_default_in_the_row(tmp_path: Path) -> None:
+    summary = run(RunConfig.from_dict({**TINY, "method": "esam", "out": str(tmp_path)}))
+    run_dir = tmp_path / summary["run_dir"]
+    assert result_row(run_dir)["hp_selection"] == "paper"
+    stored = json.loads((run_dir / records.SUMMARY).read_text())
+    del stored["hparams"]["selection"]  # as an ESAM run made before `selection` existed
+    (run_dir / records.SUMMARY).write_text(json.dumps(stored))
+    assert result_row(run_dir)["hp_selection"] == "paper"
