@@ -21,12 +21,11 @@ ATTEMPTS = "attempts.jsonl"  # one JSON line per start/end of an attempt (grid c
 FAILED_SUMMARY = "summary.failed-{n}.json"  # a failed attempt's summary, set aside so the cell reruns
 
 # The run-level config keys a summary carries, so that a results row (and the report) reads nothing but the
-# summary. Summaries written before a key joined this list get it from config.yaml (bench.results), and keys
-# added to RunConfig later still (LEGACY_DEFAULTS) from the default every older run used.
+# summary. Summaries written before a key joined this list get it from config.yaml (bench.results), and a key
+# RunConfig gained after the run was made from its default, which that run used.
 SUMMARY_CONFIG_KEYS = ("optimizer", "epochs", "batch_size", "lr", "momentum", "weight_decay", "nesterov",
                        "label_smoothing", "schedule", "warmup_epochs", "lr_milestones", "lr_gamma", "bn_update",
                        "train_subset", "label_noise", "augment")
-LEGACY_DEFAULTS = {"label_noise": 0.0, "augment": True}
 
 # --- beside it, from the flatness commands (analysis.flatness)
 HESSIAN = "hessian.json"  # λ_max and trace of the final model

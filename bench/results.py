@@ -16,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +25,13 @@ import pandas as pd
 import optimizers
 
 from . import io
+from .config import RunConfig
 from .damage import DamagedFile, damaged_files
-from .records import GRID_DIR, LEGACY_DEFAULTS, RESULTS, RESULTS_LOCK, SUMMARY, SUMMARY_CONFIG_KEYS, Summary
+from .records import GRID_DIR, RESULTS, RESULTS_LOCK, SUMMARY, SUMMARY_CONFIG_KEYS, Summary
 from .rundir import read_config, read_hessian, read_summary
 
+RUN_DEFAULTS = {f.name: f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
+                for f in fields(RunConfig) if f.name in SUMMARY_CONFIG_KEYS}
 # Columns first in every table (the rest follow in the summaries' order).
 LEADING = ("run_dir", "config_hash", "status", "method", "dataset", "model", "seed")
 _HESSIAN_FIELDS = {"lambda_max": "lambda_max", "trace": "hessian_trace", "hessian_trace": "hessian_trace",
@@ -73,9 +77,11 @@ def _legacy_config(run_dir: Path, summary: Summary) -> dict[str, Any]:
     missing = [k for k in SUMMARY_CONFIG_KEYS if k not in summary]
     if not missing:
         return {}
-    config = {**LEGACY_DEFAULTS, **(read_config(run_dir) or {})}
-    return {k: json.dumps(config[k]) if isinstance(config[k], list) else config[k] for k in sorted(missing)
-            if k in config}
+    config = read_config(run_dir)
+    if config is None:
+        return {}
+    config = {**RUN_DEFAULTS, **config}  # a key its config.yaml lacks came later: the run used its default
+    return {k: json.dumps(config[k]) if isinstance(config[k], list) else config[k] for k in sorted(missing)}
 
 
 def collect_results(folder: str | Path, damaged: list[DamagedFile] | None = None,
