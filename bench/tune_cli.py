@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from . import io
+from . import faultpoints, io
 from .cell_runner import run_cells
 from .cells import DONE, State, cell_state
 from .config import RunConfig
@@ -68,6 +68,7 @@ def tune(spec: GridSpec, out: Path, *, dry_run: bool = False, command: str | Non
           f"x {len(defaults)} methods) in {out / TRIALS_DIR}", flush=True)
     run_cells([c for c, _, _ in trials], command=command)
     _wait_for(trials, poll_s)
+    faultpoints.reached("tune-trials-done")  # every trial finished; tuning.csv and the choice not yet written
     rows = tuning_rows(trials)
     io.write_csv(out / TUNING, pd.DataFrame(rows, columns=list(TUNING_COLUMNS)))
     selected = select(rows, tune_spec)

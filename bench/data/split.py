@@ -1,9 +1,9 @@
 """The validation split: which training images are held out, the same for every method and run seed.
 
 The held-out images are drawn by a split seed of their own (never the run seed), so every method and seed
-of a workload validates on the same images. Where the training set is a prefix (`train_subset`) and the
-images after it leave room, the validation images come from there and the training set is unchanged;
-otherwise they are drawn from the whole training set and training keeps the first `train_subset` of the rest.
+of a workload validates on the same images. Where the training set is a prefix (`train_subset`), they are
+drawn from the images after it, and the training set is unchanged; without a `train_subset` they are drawn
+from the whole training set, and training uses the rest.
 """
 
 from __future__ import annotations
@@ -23,13 +23,12 @@ def validation_split(available: int, train_subset: int | None, val_size: int, se
     if val_size >= available:
         raise UsageError(f"val_size={val_size} leaves no training images: the training set has {available}")
     g = torch.Generator().manual_seed(seed)
-    if train_subset is not None and available - train_subset >= val_size:
+    if train_subset is not None:
+        if available - train_subset < val_size:
+            raise UsageError(f"train_subset={train_subset} with val_size={val_size} needs {train_subset + val_size} "
+                             f"training images; the dataset has {available}")
         rest = train_subset + torch.randperm(available - train_subset, generator=g)[:val_size].numpy()
         return np.arange(train_subset), np.sort(rest)
     held = np.zeros(available, dtype=bool)
     held[torch.randperm(available, generator=g)[:val_size].numpy()] = True
-    train = np.flatnonzero(~held)
-    if train_subset is not None and train_subset > len(train):
-        raise UsageError(f"train_subset={train_subset} with val_size={val_size} needs {train_subset + val_size} "
-                         f"training images; the dataset has {available}")
-    return train, np.flatnonzero(held)
+    return np.flatnonzero(~held), np.flatnonzero(held)
