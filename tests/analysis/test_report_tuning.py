@@ -59,6 +59,6 @@ def test_the_tuning_section_shows_trials_choices_and_names_the_runs(tmp_path: Pa
     assert saf["chosen"].tolist() == [False, True, False]
     assert np.allclose(saf["val_final"], [70.5, 74.5, 72.5])  # the mean over the two tuning seeds, in %
     rows = report.rows
-    named = dict(zip(zip(rows["method"], rows["lr"]), rows["setting"], strict=False))
+    named = dict(zip(zip(rows["method"], rows["lr"], strict=True), rows["setting"], strict=True))
     assert named == {("sgd", LR_DEFAULT): BOTH, ("saf", LR_DEFAULT): DEFAULT, ("saf", LR_CHOSEN): TUNED}
     assert any(f.section == "tuning" and f.png.exists() for f in report.figures)
