@@ -69,8 +69,10 @@ class LookSAM(SAM):
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
         with torch.no_grad():
-            # Unscaled: g_v outlives this step's loss scale. `grads` (fresh tensors) become g_v in place.
-            g_s = [p.grad if s == 1.0 and p.grad.dtype == torch.float32 else p.grad.float() / s for p in params]
+            # Unscaled: g_v outlives this step's loss scale. `grads` (fresh tensors) become g_v in place. g_s in
+            # g's dtype (the parameters', at least float32), or the dot products mix dtypes.
+            g_s = [p.grad if s == 1.0 and p.grad.dtype == g.dtype else p.grad.to(g.dtype) / s
+                   for p, g in zip(params, grads, strict=True)]
             coef = global_dot(grads, g_s) / (global_norm(grads).square() + _EPS)
             torch._foreach_mul_(grads, -coef)
             torch._foreach_add_(grads, g_s)
