@@ -40,8 +40,10 @@ N, BATCH, IN, HIDDEN, CLASSES = 24, 8, 6, 12, 4
 LR = 0.05
 FLOAT64_ATOL = 1e-10
 PASSES_ATOL = 0.01
-# Relative to the float64 run's displacement of the weights ||w64_T - w_0||: where lower precisions must land.
-TOLERANCES = {"float32": 1e-4, "bfloat16": 0.1, "fp16": 0.02}
+# Relative to the float64 run's displacement of the parameters ||w64_T - w_0||: where lower precisions must land.
+# The built-in methods reach at most 3e-6 (float32), 0.11 (bfloat16 parameters, LookSAM) and 0.011 (fp16
+# autocast, LookSAM, whose g_v is a small difference of two fp16-computed gradients) on this setup.
+TOLERANCES = {"float32": 1e-4, "bfloat16": 0.25, "fp16": 0.05}
 _DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16}
 
 # A reference: (model, base_optimizer, kwargs given to create) -> object with step(x, y, indices, epoch).
@@ -192,6 +194,7 @@ def check_spec(name: str) -> list[str]:
                 continue
             failures.append(f"spec: {h.name}={bad!r} was accepted (allowed: {h.allowed()}; a bad value must raise "
                             "ValueError)")
+            break  # one line per hyperparameter
     return failures
 
 
@@ -346,17 +349,18 @@ def check_dtypes(name: str, reference: Reference | None = None) -> list[str]:
                 failures.append(f"dtypes: float64 weights after step {t} differ from the float64 reference by max "
                                 f"|Δ| = {gap:.3g} (tolerance {FLOAT64_ATOL:g})")
                 break
-    start = flat(tiny_net(0, torch.float64))
-    moved = float((got64[-1] - start).norm())
+    final64 = weights(high.model)
+    moved = float((final64 - weights(tiny_net(0, torch.float64))).norm())
     for label, dtype, precision in (("float32", "float32", "fp32"), ("bfloat16", "bfloat16", "fp32"),
                                     ("fp16", "float32", "fp16")):
         try:
-            low = Trainer(name, dtype=dtype, precision=precision).run(steps)
+            trainer = Trainer(name, dtype=dtype, precision=precision)
+            trainer.run(steps)
         except Exception as exc:  # noqa: BLE001 - the failure is reported, in one line
             failures.append(f"dtypes: {label} parameters: a step raised {type(exc).__name__}: "
                             f"{str(exc).splitlines()[0] if str(exc) else ''}")
             continue
-        error = float((low[-1] - got64[-1]).norm()) / moved
+        error = float((weights(trainer.model) - final64).norm()) / moved
         if not error <= TOLERANCES[label]:
             failures.append(f"dtypes: {label}: final weights {error:.3g} of the float64 run's displacement away from "
                             f"it (tolerance {TOLERANCES[label]:g})")
