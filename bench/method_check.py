@@ -17,9 +17,9 @@ import torch
 
 import optimizers
 
+from . import schedules
 from .config import SCHEDULES, RunConfig
 from .errors import UsageError
-from . import schedules
 
 STEPS_PER_EPOCH, EPOCHS, LR = 5, 6, 0.1
 SCHEDULE_CASES = {"cosine": {}, "constant": {}, "step": {"lr_milestones": [2, 4], "lr_gamma": 0.1}}

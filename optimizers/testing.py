@@ -33,151 +33,33 @@ import torch
 from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .base import Method
-from .registry import CONTEXT, create, method_class, spec_problems
+from .registry import create, method_class, spec_problems
+from .testing_tiny import (
+    BATCH,
+    LR,
+    TinyNet,
+    Trainer,
+    context_kwargs,
+    epochs_for,
+    flat,
+    lr_at,
+    max_diff,
+    plan,
+    state_differences,
+    tiny_net,
+    weights,
+)
 
-N, BATCH, IN, HIDDEN, CLASSES = 24, 8, 6, 12, 4
-LR = 0.05
 FLOAT64_ATOL = 1e-10
 PASSES_ATOL = 0.01
 # Relative to the float64 run's displacement of the parameters ||w64_T - w_0||: where lower precisions must land.
 # The built-in methods reach at most 3e-6 (float32), 0.11 (bfloat16 parameters, LookSAM) and 0.011 (fp16
 # autocast, LookSAM, whose g_v is a small difference of two fp16-computed gradients) on this setup.
 TOLERANCES = {"float32": 1e-4, "bfloat16": 0.25, "fp16": 0.05}
-_DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16}
 
 # A reference: (model, base_optimizer, kwargs given to create) -> object with step(x, y, indices, epoch).
 Reference = Callable[[nn.Module, torch.optim.Optimizer, dict[str, Any]], Any]
 
-
-class TinyNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.Linear(IN, HIDDEN), nn.BatchNorm1d(HIDDEN), nn.Tanh(), nn.Linear(HIDDEN, CLASSES))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.body(x)
-
-
-def tiny_net(seed: int = 0, dtype: torch.dtype = torch.float32) -> TinyNet:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return TinyNet().to(dtype)
-
-
-def tiny_data(dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
-    g = torch.Generator().manual_seed(1)
-    return torch.randn(N, IN, generator=g).to(dtype), torch.randint(0, CLASSES, (N,), generator=g)
-
-
-def plan(epochs: int) -> list[tuple[int, Tensor]]:
-    """(epoch, sample indices) of every step: each epoch shuffled its own way."""
-    steps = []
-    for epoch in range(epochs):
-        perm = torch.randperm(N, generator=torch.Generator().manual_seed(100 + epoch))
-        steps += [(epoch, perm[i:i + BATCH]) for i in range(0, N, BATCH)]
-    return steps
-
-
-def lr_at(step: int, total: int) -> float:
-    return LR * (1.0 - 0.9 * step / max(1, total - 1))
-
-
-def check_hparams(name: str, dtype: str = "float32") -> dict[str, Any]:
-    """The spec's defaults, with a dtype-naming choice set to `dtype` where the method offers it."""
-    hp = dict(method_class(name).spec.defaults)
-    for h in method_class(name).spec.hparams:
-        if h.type is str and h.choices and dtype in h.choices and set(h.choices) <= {*_DTYPES, "float16"}:
-            hp[h.name] = dtype
-    return hp
-
-
-def context_kwargs(name: str, seed: int = 0) -> dict[str, Any]:
-    spec = method_class(name).spec
-    offered = {"num_samples": N, "num_classes": CLASSES, "seed": seed, "lr_max": LR, "lr_min": LR * 0.1}
-    return {k: offered[k] for need, keys in CONTEXT.items() if getattr(spec, need) for k in keys}
-
-
-def epochs_for(name: str) -> int:
-    spec = method_class(name).spec
-    return int(spec.active_from(spec.defaults)) + 2
-
-
-class Trainer:
-    """One method around a fresh tiny net: steps it along `plan`, with the lr schedule set before each step."""
-
-    def __init__(self, name: str, *, dtype: str = "float32", precision: str = "fp32", seed: int = 0,
-                 init_scale: float = 2.0**16) -> None:
-        self.name, self.total = name, len(plan(epochs_for(name)))
-        param_dtype = _DTYPES[dtype]
-        self.model = tiny_net(seed, param_dtype)
-        self.base = torch.optim.SGD(self.model.parameters(), lr=LR, momentum=0.9, weight_decay=5e-4)
-        extra: dict[str, Any] = {"precision": precision}
-        if precision == "fp16":
-            extra["grad_scaler"] = torch.amp.GradScaler("cpu", init_scale=init_scale)
-        self.kwargs = {**check_hparams(name, dtype), **context_kwargs(name, seed)}
-        self.method: Method = create(name, self.model, self.base, **self.kwargs, **extra)
-        self.x, self.y = tiny_data(param_dtype)
-        self.done, self.epoch = 0, -1
-
-    def step(self, epoch: int, idx: Tensor) -> Tensor:
-        if epoch != self.epoch:
-            self.method.set_epoch(epoch)
-            self.epoch = epoch
-        for group in self.base.param_groups:
-            group["lr"] = lr_at(self.done, self.total)
-        out = self.method.step(self.x[idx], self.y[idx], idx)
-        self.done += 1
-        return out.loss
-
-    def run(self, steps: list[tuple[int, Tensor]]) -> list[Tensor]:
-        """Weights and buffers after each step, flattened to one float64 vector each."""
-        snapshots = []
-        for epoch, idx in steps:
-            self.step(epoch, idx)
-            snapshots.append(flat(self.model))
-        return snapshots
-
-
-def flat(model: nn.Module) -> Tensor:
-    """Parameters and buffers as one float64 vector."""
-    return torch.cat([t.detach().double().reshape(-1) for t in model.state_dict().values()])
-
-
-def weights(model: nn.Module) -> Tensor:
-    """The parameters alone (a skipped fp16 step's clean pass still updates BatchNorm's buffers, as in torch)."""
-    return torch.cat([p.detach().double().reshape(-1) for p in model.parameters()])
-
-
-def _max_diff(a: Tensor, b: Tensor) -> float:
-    return float((a - b).abs().max()) if a.numel() else 0.0
-
-
-def _tensors(obj: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """Leaves of a (nested) state_dict, by path."""
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from _tensors(v, f"{prefix}{k}.")
-    elif isinstance(obj, list | tuple):
-        for i, v in enumerate(obj):
-            yield from _tensors(v, f"{prefix}{i}.")
-    else:
-        yield prefix.rstrip("."), obj
-
-
-def state_differences(a: dict, b: dict, skip: tuple[str, ...] = ()) -> list[str]:
-    """Paths at which two method state_dicts differ (bit for bit)."""
-    left, right = dict(_tensors(a)), dict(_tensors(b))
-    out = [k for k in sorted(set(left) ^ set(right)) if not k.startswith(skip)]
-    for k in sorted(set(left) & set(right)):
-        if k.startswith(skip):
-            continue
-        u, v = left[k], right[k]
-        same = (torch.equal(u, v) if torch.is_tensor(u) and torch.is_tensor(v) and u.dtype == v.dtype
-                else (not torch.is_tensor(u) and not torch.is_tensor(v) and u == v))
-        if not same:
-            out.append(k)
-    return out
 
 
 # ---- the checks -----------------------------------------------------------------------------------------------
@@ -217,7 +99,7 @@ def check_seed(name: str) -> list[str]:
     steps = plan(epochs_for(name))
     a, b = Trainer(name), Trainer(name)
     wa, wb = a.run(steps), b.run(steps)
-    gap = _max_diff(wa[-1], wb[-1])
+    gap = max_diff(wa[-1], wb[-1])
     if gap or state_differences(a.method.state_dict(), b.method.state_dict()):
         where = state_differences(a.method.state_dict(), b.method.state_dict())
         return [f"seed: two runs from the same seed differ: weights by max |Δ| = {gap:.3g}"
@@ -241,7 +123,7 @@ def check_resume(name: str) -> list[str]:
         second.method.load_state_dict(saved["method"])
         second.done = split
         got = second.run(steps[split:])
-        gap = max(_max_diff(g, e) for g, e in zip(got, expected[split:], strict=True))
+        gap = max(max_diff(g, e) for g, e in zip(got, expected[split:], strict=True))
         if gap:
             failures.append(f"resume: resumed after step {split}, the weights differ from the uninterrupted run by "
                             f"max |Δ| = {gap:.3g} (tolerance 0: bit-identical)")
@@ -263,10 +145,10 @@ def check_restore(name: str) -> list[str]:
         trainer.step(epoch, idx)
         if len(seen["pre"]) != 1:
             return [f"restore: step {t} took {len(seen['pre'])} base-optimizer steps (expected 1)"]
-        if gap := _max_diff(seen["pre"][0], before):
+        if gap := max_diff(seen["pre"][0], before):
             return [f"restore: step {t}: the base step started at weights max |Δ| = {gap:.3g} away from the step's "
                     "own (tolerance 0: a perturbation must be undone before the base step)"]
-        if gap := _max_diff(weights(trainer.model), seen["post"][0]):
+        if gap := max_diff(weights(trainer.model), seen["post"][0]):
             return [f"restore: step {t}: the weights moved by max |Δ| = {gap:.3g} after the base step "
                     "(tolerance 0: left perturbed)"]
     return []
@@ -344,7 +226,7 @@ def check_dtypes(name: str, reference: Reference | None = None) -> list[str]:
             for group in base.param_groups:
                 group["lr"] = lr_at(t, len(steps))
             ref.step(high.x[idx], high.y[idx], idx, epoch)
-            gap = _max_diff(flat(twin), got64[t])
+            gap = max_diff(flat(twin), got64[t])
             if not gap <= FLOAT64_ATOL:
                 failures.append(f"dtypes: float64 weights after step {t} differ from the float64 reference by max "
                                 f"|Δ| = {gap:.3g} (tolerance {FLOAT64_ATOL:g})")
@@ -411,16 +293,18 @@ def check_fp16_skip(name: str) -> list[str]:
                 trainer.done -= 1
                 injector.target = 0
                 what = f"fp16 skip: inf in the {where} of grad pass {target} of step {t}"
-                if gap := _max_diff(weights(trainer.model), start):
-                    return [f"{what}: the weights moved by max |Δ| = {gap:.3g} (tolerance 0: the step must be skipped)"]
-                if changed := state_differences(trainer.method.state_dict(), state, skip=("grad_scaler", "base_optimizer.param_groups")):
+                if gap := max_diff(weights(trainer.model), start):
+                    return [f"{what}: the weights moved by max |Δ| = {gap:.3g} (tolerance 0: the step must be "
+                            "skipped)"]
+                skip = ("grad_scaler", "base_optimizer.param_groups")  # the scaler's scale is checked below
+                if changed := state_differences(trainer.method.state_dict(), state, skip=skip):
                     return [f"{what}: the method state changed at {changed[0]} (tolerance 0: untouched)"]
                 if trainer.method.scaler.get_scale() != scale / 2:
                     return [f"{what}: the loss scale went {scale:g} -> {trainer.method.scaler.get_scale():g} "
                             "(expected halved, as GradScaler does)"]
         before = weights(trainer.model)
         loss = trainer.step(epoch, idx)
-        if not torch.isfinite(loss) or not _max_diff(weights(trainer.model), before):
+        if not torch.isfinite(loss) or not max_diff(weights(trainer.model), before):
             return [f"fp16 skip: the step {t} after the skips did not train (loss {float(loss):.4g})"]
     return []
 

@@ -75,7 +75,7 @@ def _worker(rank: int, init_file: str, out_dir: str, names: list[str]) -> None:
 
 def _build(name: str, rank: int, precision: str = "fp32"):
     from .registry import create
-    from .testing import LR, check_hparams, context_kwargs, tiny_net
+    from .testing_tiny import LR, check_hparams, context_kwargs, tiny_net
 
     model = DDP(tiny_net(seed=rank))  # different inits: DDP must broadcast rank 0's weights
     base = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9, weight_decay=5e-4)
@@ -97,7 +97,7 @@ def _gap_to_rank0(model: DDP) -> float:
 
 def _steps(name: str):
     from .registry import method_class
-    from .testing import epochs_for, plan
+    from .testing_tiny import epochs_for, plan
 
     spec = method_class(name).spec
     steps = plan(epochs_for(name))
@@ -113,7 +113,7 @@ def _step(method, x, y, epoch: int, idx: torch.Tensor, rank: int):
 
 
 def _replicas(name: str, rank: int) -> list[str]:
-    from .testing import tiny_data
+    from .testing_tiny import tiny_data
 
     model, method = _build(name, rank)
     x, y = tiny_data()
@@ -126,7 +126,7 @@ def _replicas(name: str, rank: int) -> list[str]:
 
 
 def _fp16_skip(name: str, rank: int) -> list[str]:
-    from .testing import tiny_data
+    from .testing_tiny import tiny_data
 
     model, method = _build(name, rank, precision="fp16")
     x, y = tiny_data()

@@ -14,7 +14,6 @@ from torch import Tensor
 import optimizers
 from optimizers.testing import check_method, conformance
 
-from . import reference as ref
 from .harness import Reference
 from .test_gsam_looksam import RefLookSAM, ref_gsam_step, rho_schedule
 
