@@ -30,7 +30,7 @@ from .registry import (
 from .saf import SAF
 from .sam import SAM
 from .sgd import SGD
-from .spec import HParam, MethodSpec, method_seed
+from .spec import HParam, MethodSpec, Search, method_seed
 
 # Registration order is the display order everywhere (tables, figures, claims): the base optimizer alone,
 # then the methods in the SAF paper's order; plugins follow, by name.
@@ -42,6 +42,6 @@ BASE_METHOD = SGD.name  # the base optimizer alone: every share and claim is tak
 METHODS: tuple[str, ...] = tuple(c.name for c in BUILTIN)  # built-in only; `methods()` adds the plugins
 
 __all__ = ["BASE_METHOD", "BN_UPDATES", "BUILTIN", "ESAM", "GSAM", "MESA", "METHODS", "PRECISIONS", "SAF", "SAM", "SGD",
-           "HParam", "LookSAM", "Method", "MethodSpec", "PluginError", "StepOutput", "all_hparams", "create",
-           "method_class", "method_hparams", "method_origin", "method_seed", "method_spec", "methods",
+           "HParam", "LookSAM", "Method", "MethodSpec", "PluginError", "Search", "StepOutput", "all_hparams",
+           "create", "method_class", "method_hparams", "method_origin", "method_seed", "method_spec", "methods",
            "register_method", "spec_problems", "unregister_method", "unwrap"]

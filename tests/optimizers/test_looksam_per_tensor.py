@@ -1,14 +1,14 @@
 """LookSAM's per_tensor option against a float64 loop written here from the per-tensor rule (pytorch-optimizer's
 form, from the unofficial rollovd/LookSAM): for each parameter tensor p on SAM steps
-g_v_p = g_s_p - (<g_p, g_s_p>/(||g_p||^2 + 1e-12)) g_p, on the steps between g_p + alpha ||g_p||/(||g_v_p|| + 1e-8) g_v_p
-(the 1e-12 matters: a BatchNorm tensor's tiny gradient makes its coefficient sensitive at 1e-10)."""
+g_v_p = g_s_p - (<g_p, g_s_p>/(||g_p||^2 + 1e-12)) g_p, on the steps between
+g_p + alpha ||g_p||/(||g_v_p|| + 1e-8) g_v_p (the 1e-12 matters: a BatchNorm tensor's tiny gradient makes its
+coefficient sensitive at 1e-10)."""
 
 from __future__ import annotations
 
 import math
 
 import pytest
-import torch
 
 import optimizers
 
