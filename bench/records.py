@@ -113,6 +113,10 @@ class Provenance(TypedDict, total=False):
     torch_version: str
     torchvision_version: str
     timm_version: str
+    # A method from an installed plugin (optimizers.method_origin); absent for the built-in methods.
+    method_distribution: str
+    method_version: str
+    method_entry_point: str
 
 
 class Summary(Provenance, total=False):

@@ -417,7 +417,7 @@ class Run:
             "world_size": self.info.world_size, "precision": self.precision,
             "num_samples": self.data.num_samples, "num_params": self.num_params,
             "extras": {k: v for k, v in last.items() if k not in METRICS_FIELDS},  # the method's own numbers
-            **provenance(self.device, self.command),
+            **provenance(self.device, self.command, self.config.method),
         }
         if self.info.is_main:
             write_summary(self.run_dir, summary)

@@ -23,7 +23,10 @@ from .sam import ADAPTIVE, RHO, SAM
 from .spec import HParam, MethodSpec
 
 SPEC = MethodSpec(
-    name="esam", paper="Du et al., ICLR 2022", passes=1.0 + 0.5,  # ascent + gamma of the descent samples, roughly
+    # Counted at the defaults: clean forward-backward (1), the no-grad selection forward at w + e (1/3 of a
+    # forward-backward) and the descent pass on gamma B samples (1/2); SWP's savings in the ascent backward
+    # (unselected tensors get no weight gradient) are not in this count.
+    name="esam", paper="Du et al., ICLR 2022", passes=1.0 + 1.0 / 3.0 + 0.5,
     draws_random=True,
     summary="SWP: each tensor perturbed with prob. beta (unselected tensors get no weight-gradient work), e scaled "
             "1/beta; SDS: second pass on the ceil(gamma B) samples whose loss rose most",
@@ -54,6 +57,7 @@ class ESAM(SAM):
         self._selected_fraction = 1.0
 
     def ascent_params(self, params: list[nn.Parameter]) -> tuple[list[nn.Parameter], float]:
+        self._before_draw = self.generator.get_state()  # an fp16-skipped step leaves the draw untaken
         keep = torch.rand(len(params), generator=self.generator) < self.beta
         return [p for p, k in zip(params, keep.tolist(), strict=True) if k], self.beta
 
@@ -79,6 +83,10 @@ class ESAM(SAM):
             chosen = torch.topk(rises, k, sorted=False).indices
         self._selected_fraction = chosen.numel() / batch
         return inputs[chosen], targets[chosen]
+
+    def after_step(self, stepped: bool | None) -> None:
+        if stepped is False:
+            self.generator.set_state(self._before_draw)
 
     def extra_metrics(self) -> dict[str, float]:
         return {"esam_selected_fraction": self._selected_fraction}

@@ -20,7 +20,8 @@ from .spec import HParam, MethodSpec, Search
 from .store import LogitStore
 from .trajectory import trajectory_loss
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# float64 keeps a float64 model's targets exact (the conformance check's float64 trajectories).
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 DEFAULT_STORE_DTYPE = "float16"  # changes the trajectory loss by < 1e-3 relative (safbench overhead --store-report)
 
 

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .base import Method, StepOutput
+from .base import Method, StepOutput, loss_precision
 from .spec import HParam, MethodSpec, Search
 
 _EPS = 1e-12
@@ -97,7 +97,8 @@ class SAM(Method):
         if self.scaler is None:
             return grads
         scale = self.scaler.get_scale()  # fp16 only: the scaler syncs on every step anyway
-        finite = torch.stack([torch.isfinite(g).all() for g in grads]).all().to(torch.float32)
+        finite_here = torch.stack([torch.isfinite(g).all() for g in grads]).all().to(torch.float32)
+        finite = finite_here.clone()
         if dist.is_available() and dist.is_initialized() and hasattr(self.model, "no_sync"):
             # The ascent pass is local under DDP: every rank must agree to skip, or the next all-reduce hangs.
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
@@ -106,10 +107,12 @@ class SAM(Method):
             # exactly as for an overflow in the last pass (scale and growth tracker alike).
             for p, g in zip(params, grads, strict=True):
                 p.grad = g.to(p.dtype)
+            if bool(finite_here):  # another rank overflowed: this rank's scaler, which sees only its own, must skip too
+                params[0].grad.view(-1)[0] = float("inf")
             self.optimizer_step()
             self.base_optimizer.zero_grad(set_to_none=True)
             return None
-        return [g.float() / scale for g in grads]
+        return [loss_precision(g) / scale for g in grads]
 
     def perturbation(self, params: list[nn.Parameter], grads: list[Tensor], beta: float,
                      rho: float | None = None) -> list[Tensor]:

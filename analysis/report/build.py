@@ -18,7 +18,7 @@ from bench.damage import DamagedFile
 from bench.records import FIGURES_DIR, NOTES, REPORT, TABLES_DIR
 
 from . import claims
-from .aggregate import METHOD_ORDER, aggregate, prepare
+from .aggregate import aggregate, method_order, prepare
 from .cost import time_to_target_tables
 from .figures import FigureFile, make_figures, save_figure, save_overhead_figure, save_sharpness_figure
 from .format import MISSING, TableFile, relative, render_markdown, shown_path, slug, write_table
@@ -233,7 +233,7 @@ def build_report(results: str | Path = "results", out: str | Path | None = None,
                                    "The panels of SAF's lam and e_tilde are the paper's own ablations, on this "
                                    "workload.", png, pdf, section="tuning"))
         for grid, labelled in claim_folders.items():
-            figure = save_sharpness_figure(labelled, grid, out / FIGURES_DIR, METHOD_ORDER)
+            figure = save_sharpness_figure(labelled, grid, out / FIGURES_DIR, method_order())
             if figure is not None:
                 made.append(figure)
         if steps is not None and len(steps):
