@@ -7,7 +7,7 @@ interface: `train_batches(epoch)` yields (true indices, images, targets) for thi
 
 from bench.data import cifar, fashionmnist, imagenet, synthetic  # noqa: F401  (register datasets)
 from bench.data.base import Data, LoaderOptions, default_root
-from bench.data.registry import DATASETS, create_data, register_dataset
+from bench.data.registry import DATASETS, IMAGE_SIZES, create_data, register_dataset
 from bench.data.stats import MEAN_STD
 
-__all__ = ["DATASETS", "MEAN_STD", "Data", "LoaderOptions", "create_data", "default_root", "register_dataset"]
+__all__ = ["DATASETS", "IMAGE_SIZES", "MEAN_STD", "Data", "LoaderOptions", "create_data", "default_root", "register_dataset"]
