@@ -33,6 +33,7 @@ import optimizers
 
 from .config import RunConfig
 from .data import create_data
+from .data.base import BadDataFile
 from .errors import UsageError
 from .estimate import INACTIVE_SHARE_TIMED, UnitTimes, Workload
 from .measure.batches import SHAPES, BatchPool, DataShape
@@ -101,10 +102,15 @@ class Probe:
         clock = Clock(self.device)
         batches = iter(data.train_batches(0))
         times = []
-        for i in range(1 + LOAD_BATCHES):
-            if i >= data.steps_per_epoch:
-                break
-            times.append(clock.time(lambda: next(batches)))
+        try:
+            for i in range(1 + LOAD_BATCHES):
+                if i >= data.steps_per_epoch:
+                    break
+                times.append(clock.time(lambda: next(batches)))
+        except BadDataFile as exc:  # the estimate still prices the compute; the run would stop there
+            return DataInfo(data.num_samples, len(data.test_set) if hasattr(data, "test_set") else 0,
+                            (data.in_chans, data.img_size, data.img_size), data.num_classes, True,
+                            note=f"{config.dataset}: loading not measured, a bad file: {exc}")
         del batches
         load = statistics.median(times[1:]) if len(times) > 1 else (times[0] if times else 0.0)
         kind = "workers, overlapping the step" if streamed else "on the training device, before each step"
@@ -119,6 +125,9 @@ class Probe:
         group = self._group(config, self.data_info(config))
         if config.method not in group["methods"] and config.method not in (c.method for c in group["pending"]):
             group["pending"].append(config)
+        active = optimizers.method_spec(config.method).active_from(config.hparams())
+        if min(active, config.epochs) / config.epochs >= INACTIVE_SHARE_TIMED:
+            group["inactive"].add(config.method)  # its epochs before `active` are worth timing apart
 
     def measure(self) -> None:
         for group in self._groups.values():
@@ -154,11 +163,17 @@ class Probe:
             if config.channels_last:
                 net = net.to(memory_format=torch.channels_last)
             shape = DataShape(info.image, info.num_classes, info.train_samples)
-            probe = self._probe_batch(net, shape, config)
-            self._groups[key] = {"net": net, "shape": shape, "probe": probe, "methods": {}, "pending": [],
+            probe, step_s = self._probe_batch(net, shape, config)
+            # A CPU too slow for a step within budget even at batch 2: one unwarmed round (the model's
+            # kernels are warm from the batch probe), so a grid of big nets is priced in about a minute.
+            slow = self.device.type == "cpu" and probe < config.batch_size and step_s > STEP_BUDGET_S
+            self._groups[key] = {"net": net, "shape": shape, "probe": probe, "slow": slow, "methods": {},
+                                 "pending": [], "inactive": set(),
                                  "eval_per_sample": self._eval_per_sample(net, shape, config, probe)}
             self.notes.append(f"{config.model} on {'x'.join(map(str, info.image))}: timed at batch {probe}"
-                              + (f", scaled per sample to {config.batch_size}" if probe != config.batch_size else ""))
+                              + (f", scaled per sample to {config.batch_size}" if probe != config.batch_size else "")
+                              + (f" (a forward-backward there took {step_s:.2f} s: one round of one step per "
+                                 "method, not warmed up)" if slow else ""))
         return self._groups[key]
 
     def _inputs(self, shape: DataShape, batch: int, config: RunConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -168,10 +183,11 @@ class Probe:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, torch.randint(0, shape.num_classes, (batch,), generator=g).to(self.device)
 
-    def _probe_batch(self, net: nn.Module, shape: DataShape, config: RunConfig) -> int:
-        """The real batch on a GPU; on a CPU the batch doubles from 2 while a step stays within STEP_BUDGET_S."""
+    def _probe_batch(self, net: nn.Module, shape: DataShape, config: RunConfig) -> tuple[int, float]:
+        """The batch to time and a forward-backward's seconds there: the real batch on a GPU; on a CPU the
+        batch doubles from 2 while a step stays within STEP_BUDGET_S."""
         if self.device.type == "cuda":
-            return config.batch_size
+            return config.batch_size, 0.0
         model = copy.deepcopy(net).train()
 
         def step(batch: int) -> Callable[[], Any]:
@@ -202,7 +218,8 @@ class Probe:
             key = config.method
             spec = optimizers.method_spec(config.method)
             active = spec.active_from(config.hparams())
-            for label, epoch in (("", active), ("@inactive", 0)) if active > 0 else (("", 0),):
+            timed_apart = active > 0 and config.method in group["inactive"]
+            for label, epoch in (("", active), ("@inactive", 0)) if timed_apart else (("", active),):
                 method = self._build(group, config)
                 method.set_epoch(epoch)
                 method.model.train()
@@ -210,8 +227,9 @@ class Probe:
                 blocks[name] = StepBlock(method, pool, block_steps(method, 1))
                 names[name] = (key, bool(label))
         clock = Clock(self.device)
-        for block in blocks.values():
-            block.run(max(block.steps, 3 if pending[0].compile else 1))  # warm-up
+        if not group["slow"]:
+            for block in blocks.values():
+                block.run(3 if pending[0].compile else 1)  # warm-up (compilation: ESAM compiles twice)
         clock.sync()
         timer = InterleavedTimer(dict(blocks), clock)
         start = time.perf_counter()
@@ -222,7 +240,7 @@ class Probe:
                 bar.update(1)
                 rounds = len(timer.orders)
                 spent = time.perf_counter() - start
-                if rounds >= ROUNDS or spent * (rounds + 1) / rounds > GROUP_BUDGET_S:
+                if group["slow"] or rounds >= ROUNDS or spent * (rounds + 1) / rounds > GROUP_BUDGET_S:
                     break
         for name, block in blocks.items():
             key, inactive = names[name]
@@ -247,7 +265,7 @@ class Probe:
 
         clock = Clock(self.device)
         target = config.eval_batch_size or config.batch_size
-        batch = target if self.device.type == "cuda" else _fit_batch(forward, target, clock, start=probe)
+        batch = target if self.device.type == "cuda" else _fit_batch(forward, target, clock, start=probe)[0]
         return _median_time(forward(batch), clock) / batch
 
     def _extra(self, group: dict[str, Any], what: str, config: RunConfig) -> float:
@@ -277,8 +295,10 @@ def _hvp(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], Any
     return product
 
 
-def _fit_batch(work: Callable[[int], Callable[[], Any]], target: int, clock: Clock, start: int = 2) -> int:
-    """The batch to time on a CPU: doubled from `start` towards `target` while one call stays within budget."""
+def _fit_batch(work: Callable[[int], Callable[[], Any]], target: int, clock: Clock, start: int = 2
+               ) -> tuple[int, float]:
+    """The batch to time on a CPU, doubled from `start` towards `target` while one call stays within budget,
+    and the seconds of one call there."""
     batch = min(start, target)
     fn = work(batch)
     fn()  # warm-up
@@ -290,7 +310,7 @@ def _fit_batch(work: Callable[[int], Callable[[], Any]], target: int, clock: Clo
         batch, fn = bigger, work(bigger)
         fn()
         seconds = clock.time(fn)
-    return batch
+    return batch, seconds
 
 
 def _median_time(fn: Callable[[], Any], clock: Clock, repeats: int = 3) -> float:

@@ -64,7 +64,7 @@ def test_probe_prices_each_cell_with_its_combination_times(monkeypatch: pytest.M
         group["pending"] = []
 
     monkeypatch.setattr(estimate_probe.Probe, "_time_group", fake_time_group)
-    monkeypatch.setattr(estimate_probe, "_fit_batch", lambda work, target, clock, start=2: 4)
+    monkeypatch.setattr(estimate_probe, "_fit_batch", lambda work, target, clock, start=2: (4, 0.01))
     configs = [_config(method=m, epochs=3, batch_size=16).resolved("cpu") for m in ("sgd", "sam")]
     pairs, probe = estimate_probe.probe_cells(configs, estimate_probe.torch.device("cpu"))
     (w_sgd, u_sgd), (w_sam, u_sam) = pairs
