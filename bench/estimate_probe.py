@@ -43,7 +43,7 @@ from .measure.timing import Clock, InterleavedTimer
 from .models import create_model
 from .schedules import base_optimizer, lr_range
 
-STEP_BUDGET_S = 0.25  # a CPU probe step at most this long: the batch is shrunk to fit (never below 2)
+STEP_BUDGET_S = 1.0  # a CPU probe step at most this long: the batch is shrunk to fit (never below 2)
 GROUP_BUDGET_S = 6.0  # timed rounds of one group stop after this (at least one round, at most ROUNDS)
 ROUNDS = 5
 STORE_SAMPLES_MAX = 50_000  # SAF's store in the probe: its per-step cost does not grow with N
@@ -164,9 +164,9 @@ class Probe:
                 net = net.to(memory_format=torch.channels_last)
             shape = DataShape(info.image, info.num_classes, info.train_samples)
             probe, step_s = self._probe_batch(net, shape, config)
-            # A CPU too slow for a step within budget even at batch 2: one unwarmed round (the model's
+            # A CPU too slow to double the batch from 2 within budget: one unwarmed round (the model's
             # kernels are warm from the batch probe), so a grid of big nets is priced in about a minute.
-            slow = self.device.type == "cpu" and probe < config.batch_size and step_s > STEP_BUDGET_S
+            slow = self.device.type == "cpu" and probe <= 2 < config.batch_size
             self._groups[key] = {"net": net, "shape": shape, "probe": probe, "slow": slow, "methods": {},
                                  "pending": [], "inactive": set(),
                                  "eval_per_sample": self._eval_per_sample(net, shape, config, probe)}
