@@ -51,7 +51,7 @@ def estimate_configs(configs: Sequence[RunConfig], *, world_size: int = 1
              "steps per epoch: training samples // (batch x world size), the last partial batch dropped: "
              + ", ".join(f"{d}{f' (subset {s:,})' if s else ''}: {n:,}" for d, s, n in steps),
              *probe.notes,
-             *(info.note for info in probe._data.values()),
+             *probe.data_notes,
              "extras: sharpness batches every epoch (--sharpness); Hessians at the end (--hessian) and at "
              "--hessian-epochs, each priced as 95 Hessian-vector products over hessian_samples",
              "not a promise: a step was timed for seconds, not for hours; other jobs on this machine, "

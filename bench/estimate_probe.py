@@ -77,6 +77,11 @@ class Probe:
     _data: dict[tuple, DataInfo] = field(default_factory=dict)
     _groups: dict[tuple, dict[str, Any]] = field(default_factory=dict)
 
+    @property
+    def data_notes(self) -> list[str]:
+        """What each dataset's sizes and loading time rest on."""
+        return [info.note for info in self._data.values()]
+
     # ---- data ----------------------------------------------------------------------------------------
     def data_info(self, config: RunConfig) -> DataInfo:
         key = (config.dataset, config.data_root, config.batch_size, config.augment, config.num_workers,

@@ -2,7 +2,8 @@
 
 Small sets (cifar10, cifar100, fashionmnist, synthetic) live on the training device as uint8 and
 are augmented there; imagenet streams through DataLoader workers. Both give the same `Data`
-interface: `train_batches(epoch)` yields (true indices, images, targets) for this rank.
+interface: `train_batches(epoch)` yields (true indices, images, targets) for this rank. A file that
+does not decode mid-run raises `BadDataFile` naming it; `bench.data.check` reads every file beforehand.
 """
 
 from bench.data import cifar, fashionmnist, imagenet, synthetic  # noqa: F401  (register datasets)

@@ -7,8 +7,9 @@ train/ and val/ decoded by the loader's own code (torchvision's loader, as train
 DataLoader workers with a progress bar. It reports counts per split and class, the image sizes seen,
 and one line per bad file (path: what is wrong); the exit status is 0 when all is sound, 1 otherwise.
 
-A full ImageNet pass decodes 1.33M JPEGs: with 16 workers some ten minutes. Not resumable: a pass that is
-cut is rerun whole (each file is read once per pass, nothing is written).
+Not resumable: a pass that is cut is rerun whole (each file is read once per pass and nothing is written);
+the decoding runs in as many workers as the process has cores (--num-workers), so a pass over ImageNet
+costs about what one epoch's data loading costs.
 """
 
 from __future__ import annotations
