@@ -37,6 +37,7 @@ from .data.base import BadDataFile
 from .errors import UsageError
 from .estimate import INACTIVE_SHARE_TIMED, UnitTimes, Workload
 from .measure.batches import SHAPES, BatchPool, DataShape
+from .measure.memory import release_memory
 from .measure.methods import block_steps
 from .measure.steps import StepBlock
 from .measure.timing import Clock, InterleavedTimer
@@ -113,8 +114,8 @@ class Probe:
                     break
                 times.append(clock.time(lambda: next(batches)))
         except BadDataFile as exc:  # the estimate still prices the compute; the run would stop there
-            return DataInfo(data.num_samples, len(data.test_set) if hasattr(data, "test_set") else 0,
-                            (data.in_chans, data.img_size, data.img_size), data.num_classes, True,
+            return DataInfo(data.num_samples, test, (data.in_chans, data.img_size, data.img_size), data.num_classes,
+                            streamed,
                             note=f"{config.dataset}: loading not measured, a bad file: {exc}")
         del batches
         load = statistics.median(times[1:]) if len(times) > 1 else (times[0] if times else 0.0)
@@ -229,7 +230,8 @@ class Probe:
                 method.set_epoch(epoch)
                 method.model.train()
                 name = f"{config.method}{label}#{len(blocks)}"
-                blocks[name] = StepBlock(method, pool, block_steps(method, 1))
+                # A GPU step takes milliseconds: blocks of several steps keep the clock's own cost out of it.
+                blocks[name] = StepBlock(method, pool, block_steps(method, 5 if self.device.type == "cuda" else 1))
                 names[name] = (key, bool(label))
         clock = Clock(self.device)
         if not group["slow"]:
@@ -252,7 +254,8 @@ class Probe:
             per_step = statistics.median(t / block.steps for t in timer.samples[name])
             active_s, inactive_s = group["methods"].get(key, (None, None))
             group["methods"][key] = (active_s, per_step) if inactive else (per_step, inactive_s)
-        del blocks, timer
+        del blocks, timer, pool
+        release_memory(self.device)  # the next group's models and stores get the whole device
 
     def _eval_per_sample(self, net: nn.Module, shape: DataShape, config: RunConfig, probe: int) -> float:
         model = copy.deepcopy(net).eval()

@@ -92,3 +92,14 @@ def test_grid_dry_run_estimate_prints_cells_totals_and_assumptions(tmp_path: Pat
 def test_estimate_needs_dry_run(tmp_path: Path) -> None:
     res = run_main("grid", "quick", "--estimate", "--out", str(tmp_path))
     assert res.returncode == 2 and "add --dry-run" in res.stderr
+
+
+def test_run_estimate_prices_one_config_and_trains_nothing(tmp_path: Path) -> None:
+    res = run_main("run", "--dataset", "synthetic", "--model", "mlp_tiny", "--method", "saf", "--epochs", "10",
+                   "--e-start", "5", "--batch-size", "32", "--device", "cpu", "--sharpness", "--estimate",
+                   "--out", str(tmp_path / "runs"))
+    assert res.returncode == 0, res.stderr
+    first = res.stdout.splitlines()[0]
+    assert first.startswith("synthetic-mlp_tiny-saf-s0-") and "sharpness" in first and "0% done" in first
+    assert "timed at batch 32" in res.stdout
+    assert not (tmp_path / "runs").exists()
