@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", default=None,
                         help=f"print the full traceback instead of one line (or set {DEBUG_ENV}=1)")
     subparsers = parser.add_subparsers(dest="command", required=True)
-    from . import grid_cli
+    from . import grid_cli, tune_cli
     from .data import check as data_check
     from .measure import cli as measure_cli
 
@@ -123,8 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     if not plugged:  # a checkout on PYTHONPATH, never installed: its entry points are unknown to Python
         parser.hint = ("; report, hessian and landscape come from the installed package's entry points: "
                        "run bash scripts/setup.sh (pip install -e .)")
-    for register_commands in (register, grid_cli.register, data_check.register, measure_cli.register,
-                              *plugged.values()):
+    for register_commands in (register, grid_cli.register, tune_cli.register, data_check.register,
+                              measure_cli.register, *plugged.values()):
         register_commands(subparsers)
     return parser
 

@@ -5,7 +5,7 @@ Hessians) and priced with the unit times that bench.estimate_probe measured for 
 shape, model, method, batch and precision. Pure functions of plain numbers, so tests inject the times.
 
     train     = steps/epoch x (inactive epochs x inactive step + active epochs x step), + loading share
-    eval      = epochs x evaluation batches x evaluation batch
+    eval      = epochs x evaluation batches (test and validation sets) x evaluation batch
     sharpness = epochs x ceil(sharpness_samples / batch) x sharpness batch          (--sharpness)
     hessian   = Hessians x HVPs x HVP over hessian_samples                          (--hessian[-epochs])
 
@@ -64,7 +64,9 @@ class Workload:
             epochs=config.epochs,
             steps_per_epoch=n // (config.batch_size * world_size),
             inactive_epochs=active,
-            eval_batches=math.ceil(math.ceil(test_samples / world_size) / eval_bs),
+            # the test set, and the validation set of --val-size, both evaluated after every epoch
+            eval_batches=math.ceil(math.ceil(test_samples / world_size) / eval_bs)
+            + math.ceil(math.ceil(getattr(config, "val_size", 0) / world_size) / eval_bs),
             sharpness_batches=math.ceil(min(config.sharpness_samples, n) / config.batch_size) if config.sharpness
             else 0,
             hessians=(1 if config.hessian else 0) + len([e for e in config.hessian_epochs if e < config.epochs]))

@@ -67,6 +67,9 @@ def _grid(args: argparse.Namespace) -> int:
         raise UsageError(f"--nproc-per-node={args.nproc_per_node} is invalid: allowed values are integers >= 1")
     spec = load_grid(args.file)
     out = args.out or spec.base.get("out") or default_out(resolve_grid(args.file))
+    if spec.tune is not None:  # its cells are made by the tuning (trials, then the choices on fresh seeds)
+        raise UsageError(f"{args.file} has a tune: section: run it with safbench tune {args.file} (several "
+                         "processes on one --out share its cells)")
     if args.estimate and not args.dry_run:
         raise UsageError("--estimate prices the grid without running it: add --dry-run")
     if args.dry_run and args.estimate:

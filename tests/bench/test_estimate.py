@@ -24,6 +24,8 @@ def test_workload_counts_steps_evaluations_and_extras() -> None:
     assert work.steps_per_epoch == 1000 // 64  # drop_last over both ranks
     assert work.inactive_epochs == 4  # SAF's loss from max(e_start, e_tilde)
     assert work.eval_batches == math.ceil(501 / 100)  # each rank evaluates its share
+    with_val = Workload.of(_config(val_size=250, eval_batch_size=100), train_samples=5000, test_samples=1000)
+    assert with_val.eval_batches == 10 + 3  # the validation set too, after every epoch
     assert work.sharpness_batches == math.ceil(100 / 32)
     assert work.hessians == 1 + 2  # epoch 12 is past the run
 
