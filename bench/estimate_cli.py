@@ -1,4 +1,4 @@
-"""`--estimate`: the bill of a grid (`safbench grid FILE --dry-run --estimate`) or a run (`safbench run ... --estimate`).
+"""`--estimate`: the bill of a grid (`grid FILE --dry-run --estimate`) or of one run (`run ... --estimate`).
 
 One table line per cell (train, evaluation, sharpness/Hessian extras, total, the share already done),
 then the totals (all, done, left), the wall-clock over the launcher's devices, and the assumptions.

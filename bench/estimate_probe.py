@@ -16,7 +16,6 @@ class count share their group's timing (the class count changes only the last la
 from __future__ import annotations
 
 import copy
-import math
 import statistics
 import sys
 import time
@@ -106,18 +105,18 @@ class Probe:
         streamed = hasattr(data, "test_set")
         test = len(data.test_set) if streamed else len(data.test_targets)
         clock = Clock(self.device)
-        batches = iter(data.train_batches(0))
+        next_batch = iter(data.train_batches(0)).__next__
         times = []
         try:
             for i in range(1 + LOAD_BATCHES):
                 if i >= data.steps_per_epoch:
                     break
-                times.append(clock.time(lambda: next(batches)))
+                times.append(clock.time(next_batch))
         except BadDataFile as exc:  # the estimate still prices the compute; the run would stop there
             return DataInfo(data.num_samples, test, (data.in_chans, data.img_size, data.img_size), data.num_classes,
                             streamed,
                             note=f"{config.dataset}: loading not measured, a bad file: {exc}")
-        del batches
+        del next_batch  # the loader's workers stop with it
         load = statistics.median(times[1:]) if len(times) > 1 else (times[0] if times else 0.0)
         kind = "workers, overlapping the step" if streamed else "on the training device, before each step"
         return DataInfo(data.num_samples, test, (data.in_chans, data.img_size, data.img_size), data.num_classes,

@@ -11,4 +11,5 @@ from bench.data.base import Data, LoaderOptions, default_root
 from bench.data.registry import DATASETS, IMAGE_SIZES, create_data, register_dataset
 from bench.data.stats import MEAN_STD
 
-__all__ = ["DATASETS", "IMAGE_SIZES", "MEAN_STD", "Data", "LoaderOptions", "create_data", "default_root", "register_dataset"]
+__all__ = ["DATASETS", "IMAGE_SIZES", "MEAN_STD", "Data", "LoaderOptions", "create_data", "default_root",
+           "register_dataset"]

@@ -29,7 +29,6 @@ from tqdm import tqdm
 from bench.data.base import default_root, default_workers
 from bench.errors import UsageError
 
-
 # Samples per file of the real datasets: (each training file, each test file).
 CIFAR_COUNTS = {"cifar10": (10_000, 10_000), "cifar100": (50_000, 10_000)}
 FASHIONMNIST_COUNTS = {"train": 60_000, "test": 10_000}
