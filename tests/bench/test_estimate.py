@@ -105,3 +105,15 @@ def test_run_estimate_prices_one_config_and_trains_nothing(tmp_path: Path) -> No
     assert first.startswith("synthetic-mlp_tiny-saf-s0-") and "sharpness" in first and "0% done" in first
     assert "timed at batch 32" in res.stdout
     assert not (tmp_path / "runs").exists()
+
+
+def test_done_fraction_reads_the_epochs_in_the_run_directory(tmp_path: Path) -> None:
+    from bench.estimate_cli import done_fraction
+
+    run_dir = _config(epochs=4, out=str(tmp_path)).run_dir()
+    assert done_fraction(run_dir, 4) == 0.0  # pending: nothing there
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.csv").write_text("epoch,train_loss\n0,1.0\n1,0.9\n")
+    assert done_fraction(run_dir, 4) == 0.5
+    (run_dir / "summary.json").write_text('{"status": "finished"}')
+    assert done_fraction(run_dir, 4) == 1.0
