@@ -50,6 +50,8 @@ def estimate_configs(configs: Sequence[RunConfig], *, world_size: int = 1
              "runs get the same unless their environment differs)",
              "steps per epoch: training samples // (batch x world size), the last partial batch dropped: "
              + ", ".join(f"{d}{f' (subset {s:,})' if s else ''}: {n:,}" for d, s, n in steps),
+             *([f"{world_size} processes per cell (torchrun): each rank's step timed alone; the gradient "
+                "all-reduce between them is not timed"] if world_size > 1 else []),
              *probe.notes,
              *probe.data_notes,
              "extras: sharpness batches every epoch (--sharpness); Hessians at the end (--hessian) and at "
