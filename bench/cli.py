@@ -72,6 +72,11 @@ def config_from_args(args: argparse.Namespace) -> Any:
 def _run(args: argparse.Namespace) -> int:
     from .run import run
 
+    if args.estimate:
+        from .estimate_cli import print_run_estimate
+
+        print_run_estimate(config_from_args(args))
+        return 0
     summary = run(config_from_args(args), resume=args.resume, command=args.invocation)
     print(f"{summary['run_dir']}: {summary['status']}, final test acc {summary['final_test_acc']}, "
           f"{summary['images_per_s'] or 0:.0f} img/s")
@@ -82,6 +87,8 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("run", help="train one config and write its run directory")
     p.add_argument("--config", help="YAML file with run keys (flags override it)")
     p.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
+    p.add_argument("--estimate", action="store_true", help="time a few steps here and print the run's estimated "
+                   "cost instead of training")
     add_run_flags(p)
     p.set_defaults(func=_run)
 
@@ -109,13 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"print the full traceback instead of one line (or set {DEBUG_ENV}=1)")
     subparsers = parser.add_subparsers(dest="command", required=True)
     from . import grid_cli, method_check, tune_cli
+    from .data import check as data_check
     from .measure import cli as measure_cli
 
     plugged = plugins.loaded(plugins.COMMANDS)
     if not plugged:  # a checkout on PYTHONPATH, never installed: its entry points are unknown to Python
         parser.hint = ("; report, hessian and landscape come from the installed package's entry points: "
                        "run bash scripts/setup.sh (pip install -e .)")
-    for register_commands in (register, grid_cli.register, tune_cli.register, method_check.register,
+    for register_commands in (register, grid_cli.register, tune_cli.register, method_check.register, data_check.register,
                               measure_cli.register, *plugged.values()):
         register_commands(subparsers)
     return parser

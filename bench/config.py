@@ -28,7 +28,8 @@ SCHEDULES = ("cosine", "step", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto",) + optimizers.PRECISIONS
 # Keys that say where or how to run, not what: they do not change the cell's identity.
-NON_IDENTITY_KEYS = ("out", "data_root", "download", "num_workers", "device", "progress", "compile", "tensorboard")
+NON_IDENTITY_KEYS = ("out", "data_root", "download", "num_workers", "device", "progress", "compile", "tensorboard",
+                     "allow_input_mismatch")
 # The method keys every run identity has carried since the first release (None where they do not apply).
 # Keys added since join the identity only when set away from their default, so adding a key renames no run.
 _V1_METHOD_KEYS = ("rho", "adaptive", "beta", "gamma", "lam", "tau", "e_tilde", "e_start", "ema_decay", "store_dtype")
@@ -80,6 +81,8 @@ class RunConfig:
     data_root: str | None = _key(None, "dataset folder (default: $SAFBENCH_DATA or ~/.cache/safbench/data)")
     download: bool = _key(False, "download the dataset with torchvision if it is missing")
     train_subset: int | None = _key(None, "train on the first N training samples only")
+    allow_input_mismatch: bool = _key(False, "train a model on images of the other size than it is built for (a "
+                                             "CIFAR net on ImageNet, a timm net on CIFAR)")
     augment: bool = _key(True, "training augmentation (random crop; flips where the dataset has them)")
     label_noise: float = _key(0.0, "fraction of training labels replaced by a different class drawn uniformly "
                                    "(symmetric noise; fixed by the seed; the test set stays clean)")
@@ -88,7 +91,8 @@ class RunConfig:
                             "room, so the training set is unchanged). Label noise applies to them as to training "
                             "labels: a user has no clean labels. Selection reads them, never the test set")
     val_split_seed: int = _key(0, "seed of the validation split's draw (its own, never the run seed)")
-    num_workers: int = _key(4, "data-loader workers (streamed datasets)")
+    num_workers: int | None = _key(None, "data-loader workers of streamed datasets (default: the cores this process "
+                                         "may use, shared among a node's torchrun processes)")
     eval_batch_size: int | None = _key(None, "evaluation batch size (default: batch_size)")
     out: str = _key("runs", "folder for run directories")
     progress: bool = _key(True, "progress bars on a terminal")
@@ -160,6 +164,10 @@ class RunConfig:
         if not (self.model in MODELS or (self.model.startswith("timm:") and len(self.model) > 5)):
             raise UsageError(f"model={self.model!r} is invalid: allowed models are {', '.join(MODELS)} "
                              "or timm:<name>")
+        from .data import IMAGE_SIZES
+        from .models.fit import check_input_size
+
+        check_input_size(self.model, self.dataset, IMAGE_SIZES.get(self.dataset), allow=self.allow_input_mismatch)
         for f in fields(self):
             if f.metadata.get("choices"):
                 _choice(f.name, getattr(self, f.name), f.metadata["choices"])
@@ -167,7 +175,7 @@ class RunConfig:
             if getattr(self, name) < 1:
                 raise UsageError(f"{name}={getattr(self, name)} is invalid: allowed values are integers >= 1")
         for name in ("warmup_epochs", "num_workers", "seed", "val_size", "val_split_seed"):
-            if getattr(self, name) < 0:
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise UsageError(f"{name}={getattr(self, name)} is invalid: allowed values are integers >= 0")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise UsageError(f"lr={self.lr} is invalid: allowed values are finite numbers > 0")
@@ -250,6 +258,10 @@ class RunConfig:
                 values["precision"] = "bf16" if device_type == "cuda" else "fp32"
             if values["channels_last"] is None:
                 values["channels_last"] = device_type == "cuda"
+            if values["num_workers"] is None:
+                from .data.base import default_workers
+
+                values["num_workers"] = default_workers()
         return RunConfig(**values, method_hparams=self.hparams())
 
     def to_dict(self) -> dict[str, Any]:

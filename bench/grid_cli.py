@@ -35,6 +35,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--launcher", choices=LAUNCHERS, default="local", help="where cells run (default: local)")
     p.add_argument("--out", help="output folder (default: base out, else runs/<file stem>)")
     p.add_argument("--dry-run", action="store_true", help="list cells and their states; run and write nothing")
+    p.add_argument("--estimate", action="store_true", help="with --dry-run: time a few steps of each distinct "
+                   "combination here and print every cell's estimated cost, the totals and the assumptions")
+    p.add_argument("--check-data", action="store_true",
+                   help="before the first cell, read every file of each dataset once (safbench data check); "
+                        "stop if a file is bad")
     p.add_argument("--retry-failed", action="store_true",
                    help="rerun failed cells (their summary.json is kept as summary.failed-<n>.json)")
     p.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
@@ -65,10 +70,20 @@ def _grid(args: argparse.Namespace) -> int:
     if spec.tune is not None:  # its cells are made by the tuning (trials, then the choices on fresh seeds)
         raise UsageError(f"{args.file} has a tune: section: run it with safbench tune {args.file} (several "
                          "processes on one --out share its cells)")
+    if args.estimate and not args.dry_run:
+        raise UsageError("--estimate prices the grid without running it: add --dry-run")
+    if args.dry_run and args.estimate:
+        from .estimate_cli import print_grid_estimate
+
+        print_grid_estimate(args.file, out, spec.cells(out=out), launcher=args.launcher,
+                            workers=_workers(args), world_size=args.nproc_per_node)
+        return 0
     if args.dry_run:  # streamed: a huge grid prints as it expands, never held whole
         print_cells(args.file, out, spec.iter_cells(out=out))
         return 0
     cells = spec.cells(out=out)  # every cell validated before anything runs
+    if args.check_data and not _data_sound(cells):
+        return 1
     opts = LaunchOptions(
         nproc_per_node=args.nproc_per_node, retry_failed=args.retry_failed, command=args.invocation,
         gpus=tuple(x.strip() for x in args.gpus.split(",") if x.strip()) if args.gpus else None,
@@ -85,6 +100,39 @@ def _grid(args: argparse.Namespace) -> int:
     else:
         return _report(cells, [o for o in launch_local(cells, opts) if o.state is State.DAMAGED])
     return _report(cells)
+
+
+def _workers(args: argparse.Namespace) -> int | None:
+    """Cells the launcher runs at once: GPU groups (gpus), array tasks (slurm), else one."""
+    if args.launcher == "slurm":
+        return args.array_parallelism
+    if args.launcher == "gpus":
+        from .launchers import visible_gpus
+
+        gpus = [g for g in args.gpus.split(",") if g.strip()] if args.gpus else visible_gpus()
+        return len(gpus) // args.nproc_per_node
+    return 1
+
+
+def _data_sound(cells: Sequence[Cell]) -> bool:
+    """`safbench data check` once per (dataset, data root) of the grid; False (and each bad file) if not sound."""
+    from .data.check import CHECKERS, check_data
+
+    seen: set[tuple[str, str | None]] = set()
+    sound = True
+    for cell in cells:
+        key = (cell.config.dataset, cell.config.data_root)
+        if key in seen or key[0] not in CHECKERS:
+            continue
+        seen.add(key)
+        report = check_data(*key, num_workers=cell.config.num_workers)
+        print(report.lines()[0] + ("" if report.sound else f": {len(report.bad)} bad"), flush=True)
+        for line in report.bad:
+            print(f"safbench: error: bad file: {line}", file=sys.stderr, flush=True)
+        sound = sound and report.sound
+    if not sound:
+        print("grid not started: fix or replace the bad files, then run it again", file=sys.stderr, flush=True)
+    return sound
 
 
 def _report(cells: Sequence[Cell], damaged: Sequence[Any] = ()) -> int:

@@ -16,6 +16,26 @@ ENV_ROOT = "SAFBENCH_DATA"
 """Environment variable naming the default dataset folder (used when `root` is None)."""
 
 
+def default_workers() -> int:
+    """Data-loader workers when none are asked for: the cores this process may run on (its affinity, which
+    torch's too-many-workers warning checks), shared among the processes of this node under torchrun."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1))
+
+
+class BadDataFile(Exception):
+    """A dataset file that cannot be read, met while loading: its message is one line, `path: what is wrong`.
+
+    Raised inside a DataLoader worker it comes back wrapped in the worker's traceback; `one_line` recovers it.
+    """
+
+    @classmethod
+    def one_line(cls, exc: BaseException) -> BadDataFile:
+        lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+        last = lines[-1] if lines else str(exc)
+        return cls(last.split(f"{cls.__name__}: ", 1)[-1])
+
+
 def default_root() -> Path:
     """`$SAFBENCH_DATA`, else `~/.cache/safbench/data`: one stable place regardless of the cwd."""
     env = os.environ.get(ENV_ROOT)
@@ -34,12 +54,16 @@ class LoaderOptions:
     download: bool = False
     rank: int = 0
     world_size: int = 1
-    num_workers: int = 4
+    num_workers: int | None = None  # None: default_workers()
     eval_batch_size: int | None = None
     channels_last: bool = False
     label_noise: float = 0.0
     val_size: int = 0  # training images held out as a validation set (bench.data.split)
     val_split_seed: int = 0
+
+    @property
+    def workers(self) -> int:
+        return default_workers() if self.num_workers is None else self.num_workers
 
     @property
     def test_batch_size(self) -> int:

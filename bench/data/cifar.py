@@ -131,13 +131,13 @@ def _create(layout: CifarLayout, opts: LoaderOptions, augment: bool) -> Resident
     return ResidentData.from_numpy(layout.name, train, test, layout.num_classes, layout.mean_std, opts, aug)
 
 
-@register_dataset("cifar10")
+@register_dataset("cifar10", img_size=32)
 def cifar10(opts: LoaderOptions, *, augment: bool = True) -> ResidentData:
     """CIFAR-10: 50k/10k 3x32x32, 10 classes; crop (pad 4) + flip."""
     return _create(CIFAR10, opts, augment)
 
 
-@register_dataset("cifar100")
+@register_dataset("cifar100", img_size=32)
 def cifar100(opts: LoaderOptions, *, augment: bool = True) -> ResidentData:
     """CIFAR-100 (fine labels): 50k/10k 3x32x32, 100 classes; crop (pad 4) + flip."""
     return _create(CIFAR100, opts, augment)

@@ -92,7 +92,7 @@ def load_fashionmnist(root: Path, download: bool = False) -> tuple[tuple, tuple]
     return (images("train_images"), labels("train_labels")), (images("test_images"), labels("test_labels"))
 
 
-@register_dataset("fashionmnist")
+@register_dataset("fashionmnist", img_size=28)
 def fashionmnist(opts: LoaderOptions, *, augment: bool = True) -> ResidentData:
     """Fashion-MNIST: 60k/10k 1x28x28, 10 classes; crop (pad 4), no flip."""
     train, test = load_fashionmnist(opts.root, opts.download)

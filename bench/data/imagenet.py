@@ -8,21 +8,38 @@ reproducible whatever the number of workers and without touching the global RNG.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import datasets, transforms
 
-from bench.data.base import LoaderOptions
+from bench.data.base import BadDataFile, LoaderOptions
 from bench.data.registry import register_dataset
 from bench.data.sampling import derive_seed, epoch_generator, shard, steps_per_epoch
 from bench.data.stats import IMAGENET_MEAN_STD
 from bench.errors import UsageError
 
 SampleKey = tuple[int, int]  # (epoch, true dataset index)
+
+
+class NamingLoader:
+    """The folder's own image loader, raising BadDataFile with the path when a file does not decode (a
+    truncated JPEG, an empty file, not an image): one line naming the file instead of a worker traceback."""
+
+    def __init__(self, load: Callable[[str], Any]) -> None:
+        self.load = load
+
+    def __call__(self, path: str) -> Any:
+        try:
+            return self.load(path)
+        except Exception as exc:  # noqa: BLE001 - PIL raises many types for a bad file
+            cause = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
+            raise BadDataFile(f"{path}: {type(exc).__name__}: {cause}; replace or remove the file, then continue "
+                              "with --resume (safbench data check lists every bad file)") from None
 
 
 class IndexedFolder(Dataset):
@@ -87,9 +104,11 @@ def _image_folder(path: Path, split: str) -> datasets.ImageFolder:
             "point the data root at a folder with train/<class>/*.JPEG and val/<class>/*.JPEG"
         )
     try:
-        return datasets.ImageFolder(str(path))
+        folder = datasets.ImageFolder(str(path))
     except FileNotFoundError as e:  # no class folders or no images
         raise UsageError(f"imagenet {split} split at {path} is unusable: {e}") from None
+    folder.loader = NamingLoader(folder.loader)
+    return folder
 
 
 @dataclass
@@ -119,9 +138,9 @@ class StreamingData:
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            num_workers=o.num_workers,
+            num_workers=o.workers,
             pin_memory=o.device.type == "cuda",
-            persistent_workers=o.num_workers > 0,  # no worker restart each epoch
+            persistent_workers=o.workers > 0,  # no worker restart each epoch
             # The loader draws worker base seeds on each iteration; keep that off the global RNG.
             generator=torch.Generator().manual_seed(o.seed),
             **kw,
@@ -137,16 +156,22 @@ class StreamingData:
 
     def train_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         self.sampler.set_epoch(epoch)
-        for idx, x, y in self._train_loader:
-            dev = self.opts.device
-            yield idx.to(dev, non_blocking=True), self._to_device(x), y.to(dev, non_blocking=True)
+        dev = self.opts.device
+        try:
+            for idx, x, y in self._train_loader:
+                yield idx.to(dev, non_blocking=True), self._to_device(x), y.to(dev, non_blocking=True)
+        except BadDataFile as exc:  # from a worker: wrapped in its traceback
+            raise BadDataFile.one_line(exc) from None
 
     def test_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for x, y in self._test_loader:
-            yield self._to_device(x), y.to(self.opts.device, non_blocking=True)
+        try:
+            for x, y in self._test_loader:
+                yield self._to_device(x), y.to(self.opts.device, non_blocking=True)
+        except BadDataFile as exc:
+            raise BadDataFile.one_line(exc) from None
 
 
-@register_dataset("imagenet")
+@register_dataset("imagenet", img_size=224)
 def imagenet(opts: LoaderOptions, *, img_size: int = 224, augment: bool = True) -> StreamingData:
     """ImageNet-1k class folders (any class count works); `img_size` shrinks it for quick tests."""
     if opts.download:

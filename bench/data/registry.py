@@ -21,19 +21,26 @@ DATASETS: list[str] = []
 """Registered dataset names, sorted; updated in place so importers see later registrations."""
 
 
+IMAGE_SIZES: dict[str, int] = {}
+"""The image side each dataset gives a run by default (for refusing a model built for another size)."""
+
+
 @overload
-def register_dataset(name: str, *, overwrite: bool = False) -> Callable[[F], F]: ...
+def register_dataset(name: str, *, overwrite: bool = False, img_size: int | None = None) -> Callable[[F], F]: ...
 @overload
-def register_dataset(name: F, *, overwrite: bool = False) -> F: ...
-def register_dataset(name: str | F, *, overwrite: bool = False) -> Callable[[F], F] | F:
+def register_dataset(name: F, *, overwrite: bool = False, img_size: int | None = None) -> F: ...
+def register_dataset(name: str | F, *, overwrite: bool = False, img_size: int | None = None) -> Callable[[F], F] | F:
     """Register `factory(opts: LoaderOptions, **dataset_kwargs) -> Data` under a name.
 
-    Use as `@register_dataset("cifar10")`, or bare `@register_dataset` to take the function's name.
+    Use as `@register_dataset("cifar10")`, or bare `@register_dataset` to take the function's name;
+    `img_size`: the side of the images a run gets by default (unknown: no model/size check).
     """
     if callable(name):
-        return register_dataset(name.__name__, overwrite=overwrite)(name)
+        return register_dataset(name.__name__, overwrite=overwrite, img_size=img_size)(name)
 
     def add(factory: F) -> F:
+        if img_size is not None:
+            IMAGE_SIZES[name] = img_size
         if name in _FACTORIES and not overwrite:
             raise ValueError(f"dataset {name!r} is already registered")
         if name not in _FACTORIES:
@@ -67,7 +74,7 @@ def create_data(
     download: bool = False,
     rank: int = 0,
     world_size: int = 1,
-    num_workers: int = 4,
+    num_workers: int | None = None,
     eval_batch_size: int | None = None,
     channels_last: bool = False,
     label_noise: float = 0.0,
@@ -94,7 +101,7 @@ def create_data(
     if val_size < 0 or val_split_seed < 0:
         raise UsageError(f"val_size={val_size}, val_split_seed={val_split_seed} are invalid: allowed values are "
                          "integers >= 0")
-    if num_workers < 0:
+    if num_workers is not None and num_workers < 0:
         raise UsageError(f"num_workers must be >= 0, got {num_workers}")
     try:
         dev = torch.device(device)

@@ -33,7 +33,7 @@ def make_synthetic(
     return split(num_train), split(num_test)
 
 
-@register_dataset("synthetic")
+@register_dataset("synthetic", img_size=32)
 def synthetic(
     opts: LoaderOptions,
     *,
