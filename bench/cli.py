@@ -123,8 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     if not plugged:  # a checkout on PYTHONPATH, never installed: its entry points are unknown to Python
         parser.hint = ("; report, hessian and landscape come from the installed package's entry points: "
                        "run bash scripts/setup.sh (pip install -e .)")
-    for register_commands in (register, grid_cli.register, tune_cli.register, method_check.register, data_check.register,
-                              measure_cli.register, *plugged.values()):
+    for register_commands in (register, grid_cli.register, tune_cli.register, method_check.register,
+                              data_check.register, measure_cli.register, *plugged.values()):
         register_commands(subparsers)
     return parser
 
