@@ -82,7 +82,9 @@ class RunConfig:
     train_subset: int | None = _key(None, "train on the first N training samples only")
     augment: bool = _key(True, "training augmentation (random crop; flips where the dataset has them)")
     label_noise: float = _key(0.0, "fraction of training labels replaced by a different class drawn uniformly "
-                                   "(symmetric noise; fixed by the seed; the test set stays clean)")
+                                   "(symmetric noise; the test set stays clean)")
+    label_noise_seed: str = _key("fixed", "which noisy labels: one fixed draw for every run (fixed), or a draw per "
+                                          "run seed, the same for every method of that seed (run)", ("fixed", "run"))
     num_workers: int = _key(4, "data-loader workers (streamed datasets)")
     eval_batch_size: int | None = _key(None, "evaluation batch size (default: batch_size)")
     out: str = _key("runs", "folder for run directories")
@@ -231,6 +233,12 @@ class RunConfig:
         if not optimizers.method_spec(self.method).draws_random:
             return None
         return optimizers.method_seed(self.seed, self.method)
+
+    def label_noise_draw(self) -> int:
+        """The seed of the label-noise draw: the fixed one, or one derived from the run seed."""
+        from .data.resident import LABEL_NOISE_SEED, label_noise_seed
+
+        return label_noise_seed(self.seed) if self.label_noise_seed == "run" else LABEL_NOISE_SEED
 
     def hparams(self) -> dict[str, Any]:
         """The method hyperparameters in effect: given values, else the method's defaults."""

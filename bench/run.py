@@ -119,6 +119,7 @@ class Run:
             download=self.config.download, rank=self.info.rank, world_size=self.info.world_size,
             num_workers=self.config.num_workers, eval_batch_size=self.config.eval_batch_size,
             channels_last=self.config.channels_last, label_noise=self.config.label_noise,
+            label_noise_seed=self.config.label_noise_draw(),
             **({} if self.config.augment else {"augment": False}))
         torch.manual_seed(self.config.seed)  # identical initial weights on every rank and every resume
         net = create_model(self.config.model, num_classes=self.data.num_classes, in_chans=self.data.in_chans,
@@ -141,6 +142,9 @@ class Run:
             precision=self.precision, bn_update=self.config.bn_update,
             **self.config.method_kwargs(num_samples=self.data.num_samples, num_classes=self.data.num_classes,
                                         lr_range=lr_range(self.config)))
+        self.flipped = getattr(self.data, "flipped", None)  # label noise: which samples' labels were flipped
+        if self.flipped is not None:
+            self.method.watch_samples(self.flipped)
         self.sharpness_batches = self._sharpness_batches() if self.config.sharpness else None
         self.tensorboard = TensorBoardLog(self.run_dir) if self.config.tensorboard and self.info.is_main else None
         self.rows: list[dict[str, Any]] = []
@@ -155,6 +159,7 @@ class Run:
         fixed = create_data(self.config.dataset, root=self.config.data_root, batch_size=self.config.batch_size,
                             device=self.device, seed=0, train_subset=self.config.train_subset, num_workers=0,
                             channels_last=self.config.channels_last, label_noise=self.config.label_noise,
+                            label_noise_seed=self.config.label_noise_draw(),
                             augment=False)
         batches, seen = [], 0
         for _, inputs, targets in fixed.train_batches(0):
@@ -322,7 +327,7 @@ class Run:
         return self._write_summary(status, error)
 
     def _epoch(self, epoch: int) -> dict[str, Any]:
-        loop = TrainLoop(self.method, self.scheduler)
+        loop = TrainLoop(self.method, self.scheduler, self.flipped, getattr(self.data, "true_targets", None))
         loop.begin_epoch(epoch)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -336,8 +341,9 @@ class Run:
         train_time = time.perf_counter() - start
         bar.close()
         seen = torch.tensor(float(loop.seen), device=self.device, dtype=torch.float64)
-        totals = all_reduce_sum(torch.stack([loop.loss_sum.double(), loop.correct.double(), seen]), self.info)
-        train_loss, train_correct, train_seen = totals.tolist()
+        totals = all_reduce_sum(torch.cat([torch.stack([loop.loss_sum.double(), loop.correct.double(), seen]),
+                                           loop.fit.double()]), self.info).tolist()
+        (train_loss, train_correct, train_seen), fit = totals[:3], totals[3:]
         test_loss, test_acc = self.evaluate()
         self.elapsed_s += time.perf_counter() - wall_start
         row = {"epoch": epoch, "train_loss": train_loss / train_seen, "train_acc": train_correct / train_seen,
@@ -345,6 +351,9 @@ class Run:
                "epoch_time_s": train_time, "images_per_s": train_seen / train_time,
                "peak_mem_bytes": _peak_mem_bytes(self.device), "host_rss_bytes": _host_rss_bytes(),
                "data_resident_bytes": self.data.resident_bytes}
+        if self.flipped is not None:
+            row.update(train_acc_clean=fit[1] / max(fit[0], 1), train_acc_flipped_noisy=fit[3] / max(fit[2], 1),
+                       train_acc_flipped_true=fit[4] / max(fit[2], 1))
         row.update(self.method.extra_metrics())
         if self.sharpness_batches is not None:
             start = time.perf_counter()

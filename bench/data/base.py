@@ -38,6 +38,7 @@ class LoaderOptions:
     eval_batch_size: int | None = None
     channels_last: bool = False
     label_noise: float = 0.0
+    label_noise_seed: int = 0  # the draw of the noisy labels (bench.data.resident.label_noise_seed)
 
     @property
     def test_batch_size(self) -> int:

@@ -71,6 +71,7 @@ def create_data(
     eval_batch_size: int | None = None,
     channels_last: bool = False,
     label_noise: float = 0.0,
+    label_noise_seed: int = 0,
     **kwargs: Any,
 ) -> Data:
     """Build dataset `name` for one rank; extra kwargs go to that dataset (e.g. synthetic's `shape`)."""
@@ -109,6 +110,7 @@ def create_data(
         eval_batch_size=eval_batch_size,
         channels_last=channels_last,
         label_noise=label_noise,
+        label_noise_seed=label_noise_seed,
     )
     data = factory(opts, **kwargs)
     if label_noise > 0 and not hasattr(data, "label_noise_flipped"):
