@@ -120,10 +120,11 @@ def report_markdown(report_dir: Path, rows: pd.DataFrame, tables: Sequence[Table
         parts.append("## Claims\n")
         parts.append(f"Each of the paper's claims beside our measurement in one results folder: per-seed paired "
                      f"differences (same initial weights and data order within a seed) with a 95% Student-t "
-                     f"interval, or a percentile bootstrap over seeds for ratios. "
+                     f"interval, Fieller's 95% interval for ratios; the `interval` column names each one. "
                      f"Verdicts follow `analysis/report/claims.py`: "
                      f"{claims.REPRODUCED} when the interval lies wholly on the claimed side of the rule's threshold, "
-                     f"{claims.NOT_REPRODUCED} when wholly on the other, {claims.INCONCLUSIVE} otherwise.\n")
+                     f"{claims.NOT_REPRODUCED} when wholly on the other, {claims.INCONCLUSIVE} otherwise. "
+                     f"{claims.METHOD_NOTE}\n")
         for t in claim_tables:
             parts.append(_table_markdown(t, report_dir))
     if by_kind["cost"] or cost is not None or section["cost"]:
