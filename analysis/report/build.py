@@ -21,6 +21,7 @@ from . import claims
 from .aggregate import METHOD_ORDER, aggregate, prepare
 from .cost import time_to_target_tables
 from .figures import FigureFile, make_figures, save_overhead_figure, save_sharpness_figure
+from .fit_plots import save_label_fit_figure
 from .format import MISSING, TableFile, relative, render_markdown, shown_path, slug, write_table
 from .load import OVERHEAD_DIR, REFERENCE_CSV, load_reference, load_rows, read_notes
 from .overhead import commands as overhead_commands
@@ -94,8 +95,8 @@ def report_markdown(report_dir: Path, rows: pd.DataFrame, tables: Sequence[Table
     status = rows["status"].value_counts()
     by_kind = {k: [t for t in tables if t.kind == k] for k in ("dataset", "cost", "paper")}
     other = [t for t in tables if t.kind not in by_kind]
-    section = {"cost": [f for f in figures if f.section == "cost"]}
-    section["flatness"] = [f for f in figures if f not in section["cost"]]
+    section = {kind: [f for f in figures if f.section == kind] for kind in ("cost", "fit")}
+    section["flatness"] = [f for f in figures if f.section not in ("cost", "fit")]
     parts = [
         "# safbench report\n",
         f"Generated from {len(rows)} stored runs ({', '.join(f'{n} {s}' for s, n in status.items())}) in "
@@ -127,6 +128,10 @@ def report_markdown(report_dir: Path, rows: pd.DataFrame, tables: Sequence[Table
                      f"{claims.METHOD_NOTE}\n")
         for t in claim_tables:
             parts.append(_table_markdown(t, report_dir))
+    if section["fit"]:
+        parts.append("## What each method fits under label noise\n")
+        for f in section["fit"]:
+            parts.append(_figure_markdown(f, report_dir))
     if by_kind["cost"] or cost is not None or section["cost"]:
         parts.append("## Cost\n")
         for t in by_kind["cost"]:
@@ -198,7 +203,7 @@ def build_report(results: str | Path = "results", out: str | Path | None = None,
     (out / TABLES_DIR).mkdir(parents=True, exist_ok=True)
     agg = aggregate(rows)
     tables = build_tables(rows, agg, reference_frame, out)
-    tables += time_to_target_tables(rows, out)
+    tables += time_to_target_tables(rows, out, found.get("steps"))
     cost, steps = None, None
     if found:
         cost_tables, steps = build_overhead_tables(found, reference_frame, out)
@@ -212,9 +217,10 @@ def build_report(results: str | Path = "results", out: str | Path | None = None,
     if figures:
         made = make_figures(rows, agg, out / FIGURES_DIR)
         for grid, labelled in claim_folders.items():
-            figure = save_sharpness_figure(labelled, grid, out / FIGURES_DIR, METHOD_ORDER)
-            if figure is not None:
-                made.append(figure)
+            for save in (save_sharpness_figure, save_label_fit_figure):
+                figure = save(labelled, grid, out / FIGURES_DIR, METHOD_ORDER)
+                if figure is not None:
+                    made.append(figure)
         if steps is not None and len(steps):
             made.append(save_overhead_figure(step_panels(steps), out / FIGURES_DIR))
     # Rebuilt from the arguments rather than sys.argv: the same line whoever called us.

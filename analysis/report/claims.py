@@ -172,7 +172,8 @@ def step_throughput(steps: pd.DataFrame | None, method: str, *, model: str, data
     return Interval(share, 1.0 / float(row["time_ratio_q3"]), 1.0 / float(row["time_ratio_q1"]), int(row["rounds"]))
 
 
-FLATNESS = (("final_sharpness", "final-epoch SAM sharpness"), ("lambda_max", "λ_max"), ("hessian_trace", "Hessian trace"))
+FLATNESS = (("final_sharpness", "final-epoch SAM sharpness"), ("lambda_max", "λ_max"),
+            ("hessian_trace", "Hessian trace"))
 
 
 def claims_table(rows: pd.DataFrame, *, base: str = "sgd", sam: str = "sam", saf: str = "saf",
