@@ -329,3 +329,14 @@ def test_runs_with_noise_drawn_per_seed_are_judged_as_their_own_folder() -> None
     folders = folders_with_claims(pd.concat([rows.assign(label_noise_seed="fixed"), per_seed]))
     assert set(folders) == {"g", "g (noise drawn per seed)"}
     assert len(folders["g"]) == len(folders["g (noise drawn per seed)"]) == 10
+
+
+def test_a_primary_claim_on_one_seed_is_untested_and_not_counted_in_holms_family() -> None:
+    rows = table_rows({"sgd": SGD, "sam": SAM, "saf": SAM + diffs_with_low(0.02 - 0.1)}, FLAT)
+    rows["lambda_max"] = np.where(rows["seed"] == 0, 30.0, np.nan)
+    table = claims_frame(claims_table(rows))
+    lam = table[table["measure"] == "saf − sgd λ_max"].iloc[0]
+    assert lam["role"].startswith("primary") and lam["verdict"] == INCONCLUSIVE and math.isnan(lam["p_holm"])
+    saf = table[table["measure"] == "saf − sam accuracy"].iloc[0]
+    # a family of three tested claims (gain and flatness far below 0.025): the largest p stays as it is
+    assert saf["p_holm"] == pytest.approx(saf["p_one_sided"]) and saf["verdict"] == REPRODUCED
