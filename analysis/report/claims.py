@@ -7,7 +7,7 @@ of SAM's gain SAF recovers"), a t interval on log-ratios for throughput; the ste
 interquartile range over its rounds, and named so.
 
 Primary claims (PRIMARY, fixed here before the label-noise follow-up runs of issue 25) are judged as one
-family per results folder with Holm's correction: reproduced when the Holm-adjusted one-sided p-value for
+family per results folder (those with at least 2 seeds to test) with Holm's correction: reproduced when the Holm-adjusted one-sided p-value for
 the claim is at most ALPHA_ONE_SIDED, not reproduced when that of its opposite is, inconclusive otherwise.
 Every other claim is exploratory: judged by its own unadjusted 95% interval (reproduced when it lies wholly
 on the claimed side of the threshold, not reproduced when wholly on the other side), and marked so.
@@ -277,14 +277,18 @@ def _control_claims(rows: pd.DataFrame, present: set[str], base: str, sam: str, 
 
 
 def judge_primary(claims: list[Claim]) -> list[Claim]:
-    """The PRIMARY claims present, judged as one family with Holm's correction (both directions)."""
-    primary = [i for i, c in enumerate(claims) if c.key in PRIMARY]
-    p_for = holm([claims[i].p_for for i in primary])
-    p_against = holm([claims[i].p_against for i in primary])
+    """The PRIMARY claims present, judged as one family with Holm's correction (both directions). The family is
+    the primary claims that could be tested here (at least 2 seeds); one measured on a single seed is marked
+    primary, untested, and inconclusive."""
     out = list(claims)
-    for i, pf, pa in zip(primary, p_for, p_against, strict=True):
-        judged = holm_verdict(pf, pa) if claims[i].interval.defined else INCONCLUSIVE
-        out[i] = replace(claims[i], role=PRIMARY_ROLE, p_holm=pf, verdict=judged)
+    for i, c in enumerate(claims):
+        if c.key in PRIMARY:
+            out[i] = replace(c, role=PRIMARY_ROLE, verdict=INCONCLUSIVE)
+    tested = [i for i, c in enumerate(claims) if c.key in PRIMARY and c.interval.defined and math.isfinite(c.p_for)]
+    p_for = holm([claims[i].p_for for i in tested])
+    p_against = holm([claims[i].p_against for i in tested])
+    for i, pf, pa in zip(tested, p_for, p_against, strict=True):
+        out[i] = replace(out[i], p_holm=pf, verdict=holm_verdict(pf, pa))
     return out
 
 
