@@ -174,6 +174,9 @@ class RunConfig:
             raise UsageError(f"weight_decay={self.weight_decay} is invalid: allowed values are >= 0")
         if not 0 <= self.label_noise < 1:
             raise UsageError(f"label_noise={self.label_noise} is invalid: allowed values lie in [0, 1)")
+        if self.label_noise_seed == "run" and self.label_noise == 0:
+            raise UsageError("label_noise_seed='run' draws noisy labels per seed, but label_noise is 0; "
+                             "set label_noise > 0 or leave label_noise_seed at fixed")
         if not (self.sharpness_rho > 0 and math.isfinite(self.sharpness_rho)):
             raise UsageError(f"sharpness_rho={self.sharpness_rho} is invalid: allowed values are finite numbers > 0")
         for name in ("train_subset", "eval_batch_size"):

@@ -7,8 +7,9 @@ of SAM's gain SAF recovers"), a t interval on log-ratios for throughput; the ste
 interquartile range over its rounds, and named so.
 
 Primary claims (PRIMARY, fixed here before the label-noise follow-up runs of issue 25) are judged as one
-family per results folder (those with at least 2 seeds to test) with Holm's correction: reproduced when the Holm-adjusted one-sided p-value for
-the claim is at most ALPHA_ONE_SIDED, not reproduced when that of its opposite is, inconclusive otherwise.
+family per results folder (those with at least 2 seeds to test) with Holm's correction: reproduced when the
+Holm-adjusted one-sided p-value for the claim is at most ALPHA_ONE_SIDED, not reproduced when that of its
+opposite is, inconclusive otherwise.
 Every other claim is exploratory: judged by its own unadjusted 95% interval (reproduced when it lies wholly
 on the claimed side of the threshold, not reproduced when wholly on the other side), and marked so.
 A reproduced accuracy claim whose mechanism, flatness, is refuted in the same folder (the method is not

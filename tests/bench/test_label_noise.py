@@ -159,3 +159,12 @@ def test_the_default_draw_keeps_the_run_names_and_a_draw_per_seed_renames() -> N
     assert RunConfig.from_dict({**base, "label_noise_seed": "fixed"}).run_name() == plain.run_name()
     assert RunConfig.from_dict({**base, "label_noise_seed": "run"}).run_name() != plain.run_name()
     assert "label_noise_seed" not in plain.identity()
+
+
+def test_a_draw_per_seed_without_noise_is_refused_in_one_line(tmp_path: Path) -> None:
+    from tests.cli_util import run_main
+
+    result = run_main("run", "--dataset", "synthetic", "--model", "mlp_tiny", "--label-noise-seed", "run",
+                      "--out", str(tmp_path))
+    assert result.returncode == 2 and "label_noise is 0" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert not any(tmp_path.iterdir())
