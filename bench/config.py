@@ -85,6 +85,11 @@ class RunConfig:
                                    "(symmetric noise; the test set stays clean)")
     label_noise_seed: str = _key("fixed", "which noisy labels: one fixed draw for every run (fixed), or a draw per "
                                           "run seed, the same for every method of that seed (run)", ("fixed", "run"))
+    val_size: int = _key(0, "hold out N training images as a validation set (val_loss/val_acc every epoch; the "
+                            "same images for every method and seed; taken from beyond train_subset when there is "
+                            "room, so the training set is unchanged). Label noise applies to them as to training "
+                            "labels: a user has no clean labels. Selection reads them, never the test set")
+    val_split_seed: int = _key(0, "seed of the validation split's draw (its own, never the run seed)")
     num_workers: int = _key(4, "data-loader workers (streamed datasets)")
     eval_batch_size: int | None = _key(None, "evaluation batch size (default: batch_size)")
     out: str = _key("runs", "folder for run directories")
@@ -163,7 +168,7 @@ class RunConfig:
         for name in ("epochs", "batch_size", "hessian_samples", "sharpness_samples"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name}={getattr(self, name)} is invalid: allowed values are integers >= 1")
-        for name in ("warmup_epochs", "num_workers", "seed"):
+        for name in ("warmup_epochs", "num_workers", "seed", "val_size", "val_split_seed"):
             if getattr(self, name) < 0:
                 raise UsageError(f"{name}={getattr(self, name)} is invalid: allowed values are integers >= 0")
         if not (self.lr > 0 and math.isfinite(self.lr)):

@@ -12,6 +12,9 @@ from torch import Tensor
 
 from optimizers import Method
 
+# What `fit` becomes in metrics.csv (bench.records.MetricsRow): accuracy on the clean-labelled samples, and on the
+# flipped ones against their noisy and their true label.
+FIT_COLUMNS = ("train_acc_clean", "train_acc_flipped_noisy", "train_acc_flipped_true")
 Batch = tuple[Tensor, Tensor, Tensor]  # (sample indices, inputs, targets), as data.train_batches yields them
 
 
@@ -31,6 +34,8 @@ class TrainLoop:
         self.seen = 0
         self.flipped, self.true_targets = flipped, true_targets
         self.fit = torch.zeros(5 if flipped is not None else 0, device=method.device, dtype=torch.long)
+        if flipped is not None:
+            method.watch_samples(flipped)  # a method choosing samples (ESAM) counts the flipped ones it keeps
 
     def begin_epoch(self, epoch: int) -> None:
         """Before the first batch of `epoch` (0-based): the method learns the epoch, the model trains."""

@@ -65,6 +65,10 @@ def versions() -> dict[str, str]:
     return out
 
 
-def provenance(device: torch.device, command: str | None = None) -> dict[str, str]:
+def provenance(device: torch.device, command: str | None = None, method: str | None = None) -> dict[str, str]:
+    """With `method` a plugin's (optimizers.method_origin), also its distribution, version and entry point."""
+    import optimizers
+
+    origin = optimizers.method_origin(method) if method is not None else {}
     return {"git_commit": git_commit(), "device_name": device_name(device), "hostname": platform.node(),
-            "command": command or command_line(), **versions()}
+            "command": command or command_line(), **versions(), **origin}

@@ -18,6 +18,7 @@ import resource
 import statistics
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from .damage import check_run_dir
 from .data import create_data
 from .distributed import DistInfo, all_reduce_sum, init_from_env
 from .errors import UsageError
-from .loop import TrainLoop
+from .loop import FIT_COLUMNS, TrainLoop
 from .models import count_parameters, create_model
 from .plugins import EpochView, run_hooks
 from .provenance import provenance
@@ -120,6 +121,7 @@ class Run:
             num_workers=self.config.num_workers, eval_batch_size=self.config.eval_batch_size,
             channels_last=self.config.channels_last, label_noise=self.config.label_noise,
             label_noise_seed=self.config.label_noise_draw(),
+            val_size=self.config.val_size, val_split_seed=self.config.val_split_seed,
             **({} if self.config.augment else {"augment": False}))
         torch.manual_seed(self.config.seed)  # identical initial weights on every rank and every resume
         net = create_model(self.config.model, num_classes=self.data.num_classes, in_chans=self.data.in_chans,
@@ -143,8 +145,6 @@ class Run:
             **self.config.method_kwargs(num_samples=self.data.num_samples, num_classes=self.data.num_classes,
                                         lr_range=lr_range(self.config)))
         self.flipped = getattr(self.data, "flipped", None)  # label noise: which samples' labels were flipped
-        if self.flipped is not None:
-            self.method.watch_samples(self.flipped)
         self.sharpness_batches = self._sharpness_batches() if self.config.sharpness else None
         self.tensorboard = TensorBoardLog(self.run_dir) if self.config.tensorboard and self.info.is_main else None
         self.rows: list[dict[str, Any]] = []
@@ -160,6 +160,7 @@ class Run:
                             device=self.device, seed=0, train_subset=self.config.train_subset, num_workers=0,
                             channels_last=self.config.channels_last, label_noise=self.config.label_noise,
                             label_noise_seed=self.config.label_noise_draw(),
+                            val_size=self.config.val_size, val_split_seed=self.config.val_split_seed,
                             augment=False)
         batches, seen = [], 0
         for _, inputs, targets in fixed.train_batches(0):
@@ -344,16 +345,18 @@ class Run:
         totals = all_reduce_sum(torch.cat([torch.stack([loop.loss_sum.double(), loop.correct.double(), seen]),
                                            loop.fit.double()]), self.info).tolist()
         (train_loss, train_correct, train_seen), fit = totals[:3], totals[3:]
-        test_loss, test_acc = self.evaluate()
+        test_loss, test_acc = self.evaluate(self.data.test_batches())
+        val = dict(zip(("val_loss", "val_acc"), self.evaluate(self.data.val_batches()), strict=True)) \
+            if self.config.val_size else {}
         self.elapsed_s += time.perf_counter() - wall_start
         row = {"epoch": epoch, "train_loss": train_loss / train_seen, "train_acc": train_correct / train_seen,
-               "test_loss": test_loss, "test_acc": test_acc, "lr": self.optimizer.param_groups[0]["lr"],
+               "test_loss": test_loss, "test_acc": test_acc, **val, "lr": self.optimizer.param_groups[0]["lr"],
                "epoch_time_s": train_time, "images_per_s": train_seen / train_time,
                "peak_mem_bytes": _peak_mem_bytes(self.device), "host_rss_bytes": _host_rss_bytes(),
                "data_resident_bytes": self.data.resident_bytes}
-        if self.flipped is not None:
-            row.update(train_acc_clean=fit[1] / max(fit[0], 1), train_acc_flipped_noisy=fit[3] / max(fit[2], 1),
-                       train_acc_flipped_true=fit[4] / max(fit[2], 1))
+        if fit:  # label noise: the fits to clean and flipped labels (bench.loop.TrainLoop)
+            row.update(zip(FIT_COLUMNS, (fit[1] / max(fit[0], 1), fit[3] / max(fit[2], 1),
+                                         fit[4] / max(fit[2], 1)), strict=True))
         row.update(self.method.extra_metrics())
         if self.sharpness_batches is not None:
             start = time.perf_counter()
@@ -362,12 +365,13 @@ class Run:
         return row
 
     @torch.no_grad()
-    def evaluate(self) -> tuple[float, float]:
+    def evaluate(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float]:
+        """(mean loss, accuracy) over `batches`, this rank's share, summed over ranks."""
         self.model.eval()
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         count = 0
-        for inputs, targets in self.data.test_batches():
+        for inputs, targets in batches:
             with self.method.autocast():
                 logits = self.net(inputs)
             loss_sum += torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum").double()
@@ -410,6 +414,7 @@ class Run:
             "final_test_loss": finite[-1]["test_loss"] if finite else None,
             "final_train_acc": finite[-1]["train_acc"] if finite else None,
             "final_sharpness": finite[-1].get("sharpness") if finite else None,
+            **val_readout(finite),
             "images_per_s": statistics.median(speeds) if speeds else None,
             "images_per_s_warmup": rows[0]["images_per_s"] if rows else None,
             "train_time_s": sum(r["epoch_time_s"] for r in rows),
@@ -419,11 +424,22 @@ class Run:
             "world_size": self.info.world_size, "precision": self.precision,
             "num_samples": self.data.num_samples, "num_params": self.num_params,
             "extras": {k: v for k, v in last.items() if k not in METRICS_FIELDS},  # the method's own numbers
-            **provenance(self.device, self.command),
+            **provenance(self.device, self.command, self.config.method),
         }
         if self.info.is_main:
             write_summary(self.run_dir, summary)
         return summary
+
+
+def val_readout(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The validation read-outs of a run's finite epochs: the last epoch's validation accuracy, the epoch of the
+    highest (ties to the earlier) and the test accuracy there. Chosen on validation numbers alone."""
+    scored = [r for r in rows if r.get("val_acc") is not None]
+    if not scored:
+        return {"final_val_acc": None, "best_val_acc": None, "val_best_epoch": None, "test_acc_at_val_best": None}
+    best = max(scored, key=lambda r: (r["val_acc"], -r["epoch"]))
+    return {"final_val_acc": scored[-1]["val_acc"], "best_val_acc": best["val_acc"],
+            "val_best_epoch": int(best["epoch"]), "test_acc_at_val_best": best["test_acc"]}
 
 
 def run(config: RunConfig, *, resume: bool = False, command: str | None = None,

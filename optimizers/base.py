@@ -8,6 +8,7 @@ Mixed precision, BatchNorm handling in perturbed passes and DDP live here, once.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -29,6 +30,11 @@ class StepOutput:
 
     loss: Tensor  # mean cross-entropy of the clean pass at the weights before the update
     logits: Tensor  # the clean pass's logits, [B, C]
+
+
+def loss_precision(t: Tensor) -> Tensor:
+    """`t` in the dtype losses are computed in: float32 for half precisions, float64 kept as float64."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -150,8 +156,9 @@ class Method:
             return (model or self.model)(inputs)
 
     def criterion(self, logits: Tensor, targets: Tensor, reduction: str = "mean") -> Tensor:
-        # Losses in fp32 whatever the autocast dtype: log-softmax of bf16 logits loses the small terms.
-        return F.cross_entropy(logits.float(), targets, label_smoothing=self.label_smoothing,
+        # Half-precision logits in fp32 (log-softmax of bf16 logits loses the small terms); a float64 model's
+        # loss stays float64, or its gradients would carry fp32 rounding.
+        return F.cross_entropy(loss_precision(logits), targets, label_smoothing=self.label_smoothing,
                                reduction=reduction)
 
     def backward(self, loss: Tensor) -> None:
@@ -199,7 +206,8 @@ class Method:
         if not tensors or not hasattr(self.model, "no_sync") or not (dist.is_available() and dist.is_initialized()):
             return
         group = getattr(self.model, "process_group", None)
-        flat = torch.cat([t.reshape(-1).float() for t in tensors])
+        dtype = functools.reduce(torch.promote_types, (t.dtype for t in tensors), torch.float32)
+        flat = torch.cat([t.reshape(-1).to(dtype) for t in tensors])
         dist.all_reduce(flat, group=group)
         flat /= dist.get_world_size(group)
         with torch.no_grad():

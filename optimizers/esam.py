@@ -24,7 +24,10 @@ from .sam import ADAPTIVE, RHO, SAM
 from .spec import HParam, MethodSpec
 
 SPEC = MethodSpec(
-    name="esam", paper="Du et al., ICLR 2022", passes=1.0 + 0.5,  # ascent + gamma of the descent samples, roughly
+    # Counted at the defaults: clean forward-backward (1), the no-grad selection forward at w + e (1/3 of a
+    # forward-backward) and the descent pass on gamma B samples (1/2); SWP's savings in the ascent backward
+    # (unselected tensors get no weight gradient) are not in this count.
+    name="esam", paper="Du et al., ICLR 2022", passes=1.0 + 1.0 / 3.0 + 0.5,
     draws_random=True,
     summary="SWP: each tensor perturbed with prob. beta (unselected tensors get no weight-gradient work), e scaled "
             "1/beta; SDS: second pass on the ceil(gamma B) samples whose loss rose most",
@@ -66,6 +69,7 @@ class ESAM(SAM):
         return super().step(inputs, targets, indices)
 
     def ascent_params(self, params: list[nn.Parameter]) -> tuple[list[nn.Parameter], float]:
+        self._before_draw = self.generator.get_state()  # an fp16-skipped step leaves the draw untaken
         keep = torch.rand(len(params), generator=self.generator) < self.beta
         return [p for p, k in zip(params, keep.tolist(), strict=True) if k], self.beta
 
@@ -100,6 +104,10 @@ class ESAM(SAM):
             kept = flagged[indices if chosen is None else indices[chosen]]
             self._kept[0] += kept.sum()
             self._kept[1] += kept.numel()  # a scalar kernel argument: no host-to-device copy
+
+    def after_step(self, stepped: bool | None) -> None:
+        if stepped is False:
+            self.generator.set_state(self._before_draw)
 
     def extra_metrics(self) -> dict[str, float]:
         out = {"esam_selected_fraction": self._selected_fraction}

@@ -4,6 +4,8 @@ Steps t are counted from 0 over the whole run (not per epoch). Every step g = gr
     t mod k = 0:  e = rho g/||g||,  g_s = grad L(w + e),  g_v = g_s - (<g, g_s>/||g||^2) g;  update with g_s
     otherwise:    update with g + alpha (||g|| / ||g_v||) g_v
 with global norms (1e-12 added to the denominators). No official code exists; this follows the paper.
+`per_tensor=True` is the form of pytorch-optimizer's LookSAM (from the unofficial rollovd/LookSAM): the same
+projection within each parameter tensor, and g + alpha (||g|| / (||g_v|| + 1e-8)) g_v with that tensor's norms.
 k = 1 is SAM. Cost: (k + 1)/k passes on average, plus g_v (one parameter-sized buffer, in state_dict).
 
 The counter counts steps taken: an fp16 step skipped on inf/nan leaves the counter and g_v as they were,
@@ -21,7 +23,7 @@ from torch import Tensor, nn
 
 from .base import StepOutput
 from .sam import _EPS, RHO, SAM, global_dot, global_norm
-from .spec import HParam, MethodSpec
+from .spec import HParam, MethodSpec, Search
 
 K = 5
 SPEC = MethodSpec(
@@ -32,7 +34,11 @@ SPEC = MethodSpec(
              HParam("k", int, K, "LookSAM: the perturbed gradient is computed every k-th step (k = 1 is SAM)",
                     source="LookSAM paper (Liu et al. 2022), default k = 5", low=1),
              HParam("alpha", float, 0.7, "weight alpha of the orthogonal/reused gradient component (LookSAM: of g_v)",
-                    source="LookSAM paper (Liu et al. 2022)", low=0.0)))
+                    source="LookSAM paper (Liu et al. 2022)", low=0.0, search=Search(0.1, 1.0)),
+             HParam("per_tensor", bool, False, "LookSAM: project and rescale g_v per parameter tensor, as "
+                    "pytorch-optimizer's LookSAM does (default: the paper's whole-vector form)",
+                    source="LookSAM paper, Algorithm 1 (whole vector)", added_later=True)))
+_PER_TENSOR_EPS = 1e-8  # pytorch-optimizer's, in the reuse step's ||g_v|| of each tensor
 
 
 class LookSAM(SAM):
@@ -40,10 +46,10 @@ class LookSAM(SAM):
     spec = SPEC
 
     def __init__(self, model: nn.Module, base_optimizer: torch.optim.Optimizer, *, rho: float = RHO.default,
-                 k: int = K, alpha: float = 0.7, **common: Any) -> None:
+                 k: int = K, alpha: float = 0.7, per_tensor: bool = False, **common: Any) -> None:
         super().__init__(model, base_optimizer, rho=rho, **common)
-        hp = SPEC.check({"rho": rho, "k": k, "alpha": alpha})
-        self.rho, self.k, self.alpha = hp["rho"], hp["k"], hp["alpha"]
+        hp = SPEC.check({"rho": rho, "k": k, "alpha": alpha, "per_tensor": per_tensor})
+        self.rho, self.k, self.alpha, self.per_tensor = hp["rho"], hp["k"], hp["alpha"], hp["per_tensor"]
         self.steps = 0  # steps taken so far, over the whole run
         self.g_v: list[Tensor] | None = None
         self._g_v_norm: Tensor | None = None  # ||g_v||, fixed between SAM steps
@@ -69,10 +75,16 @@ class LookSAM(SAM):
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
         with torch.no_grad():
-            # Unscaled: g_v outlives this step's loss scale. `grads` (fresh tensors) become g_v in place.
-            g_s = [p.grad if s == 1.0 and p.grad.dtype == torch.float32 else p.grad.float() / s for p in params]
-            coef = global_dot(grads, g_s) / (global_norm(grads).square() + _EPS)
-            torch._foreach_mul_(grads, -coef)
+            # Unscaled: g_v outlives this step's loss scale. `grads` (fresh tensors) become g_v in place. g_s in
+            # g's dtype (the parameters', at least float32), or the dot products mix dtypes.
+            g_s = [p.grad if s == 1.0 and p.grad.dtype == g.dtype else p.grad.to(g.dtype) / s
+                   for p, g in zip(params, grads, strict=True)]
+            if self.per_tensor:  # each tensor's own projection coefficient
+                coefs = [torch.dot(g.reshape(-1), h.reshape(-1)) / (g.square().sum() + _EPS)
+                         for g, h in zip(grads, g_s, strict=True)]
+                torch._foreach_mul_(grads, [-c for c in coefs])
+            else:
+                torch._foreach_mul_(grads, -global_dot(grads, g_s) / (global_norm(grads).square() + _EPS))
             torch._foreach_add_(grads, g_s)
         self.average_across_workers([p.grad for p in params] + grads)
         stepped = self.optimizer_step()
@@ -88,8 +100,13 @@ class LookSAM(SAM):
         g = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         with torch.no_grad():
             # Scale-free: under fp16 g is scaled by s, and so is alpha ||g||/||g_v|| g_v.
-            ratio = global_norm(g) / (self._g_v_norm + _EPS)
-            torch._foreach_add_(g, torch._foreach_mul(self.g_v, self.alpha * ratio))
+            if self.per_tensor:
+                ratios = [self.alpha * n / (m + _PER_TENSOR_EPS)
+                          for n, m in zip(torch._foreach_norm(g), torch._foreach_norm(self.g_v), strict=True)]
+                torch._foreach_add_(g, torch._foreach_mul(self.g_v, ratios))
+            else:
+                ratio = global_norm(g) / (self._g_v_norm + _EPS)
+                torch._foreach_add_(g, torch._foreach_mul(self.g_v, self.alpha * ratio))
         for p, d in zip(params, g, strict=True):
             p.grad = d
         return loss.detach(), logits.detach(), self.optimizer_step()

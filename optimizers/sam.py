@@ -16,13 +16,14 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .base import Method, StepOutput
-from .spec import HParam, MethodSpec
+from .base import Method, StepOutput, loss_precision
+from .spec import HParam, MethodSpec, Search
 
 _EPS = 1e-12
 
 RHO = HParam("rho", float, 0.05, "perturbation radius rho of the ascent step e = rho g/||g||",
-             source="SAM paper (Foret et al. 2021), CIFAR-10 WRN/ResNet; SAF paper Sec. 5", low=0.0)
+             source="SAM paper (Foret et al. 2021), CIFAR-10 WRN/ResNet; SAF paper Sec. 5", low=0.0,
+             search=Search(0.01, 0.5, scale="log"))  # the SAM paper's own grid: {0.01, 0.02, 0.05, 0.1, 0.2, 0.5}
 ADAPTIVE = HParam("adaptive", bool, False, "ASAM: scale the ascent by |w| (then use rho ~ 0.5-2)",
                   source="SAM's default (non-adaptive)")
 
@@ -96,7 +97,8 @@ class SAM(Method):
         if self.scaler is None:
             return grads
         scale = self.scaler.get_scale()  # fp16 only: the scaler syncs on every step anyway
-        finite = torch.stack([torch.isfinite(g).all() for g in grads]).all().to(torch.float32)
+        finite_here = torch.stack([torch.isfinite(g).all() for g in grads]).all().to(torch.float32)
+        finite = finite_here.clone()
         if dist.is_available() and dist.is_initialized() and hasattr(self.model, "no_sync"):
             # The ascent pass is local under DDP: every rank must agree to skip, or the next all-reduce hangs.
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
@@ -105,10 +107,12 @@ class SAM(Method):
             # exactly as for an overflow in the last pass (scale and growth tracker alike).
             for p, g in zip(params, grads, strict=True):
                 p.grad = g.to(p.dtype)
+            if bool(finite_here):  # another rank overflowed: this rank's scaler, which sees only its own, must skip too
+                params[0].grad.view(-1)[0] = float("inf")
             self.optimizer_step()
             self.base_optimizer.zero_grad(set_to_none=True)
             return None
-        return [g.float() / scale for g in grads]
+        return [loss_precision(g) / scale for g in grads]
 
     def perturbation(self, params: list[nn.Parameter], grads: list[Tensor], beta: float,
                      rho: float | None = None) -> list[Tensor]:

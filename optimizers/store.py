@@ -54,11 +54,12 @@ class LogitStore:
         return self.table.numel() * self.table.element_size() + self.written.numel() * self.written.element_size()
 
     def read(self, epoch: int, indices: Tensor) -> tuple[Tensor, Tensor]:
-        """Logits the samples got `slots` epochs before `epoch` (float32), and which of them exist."""
+        """Logits the samples got `slots` epochs before `epoch` (float32; float64 from a float64 store), and which
+        of them exist."""
         slot, wanted = epoch % self.slots, epoch - self.slots
         indices = self._local(indices)
         if self.world_size == 1:
-            return self.table[slot, indices].float(), self.written[slot, indices] == wanted
+            return _widened(self.table[slot, indices]), self.written[slot, indices] == wanted
         all_indices = self._all_gather(indices)
         mine, rows = self._ownership(all_indices)
         logits = torch.where(mine[:, None], self.table[slot, rows], 0)
@@ -66,7 +67,7 @@ class LogitStore:
         dist.all_reduce(logits, group=self.group)  # exactly one rank contributes each row
         dist.all_reduce(written, group=self.group)
         part = slice(self.rank * indices.shape[0], (self.rank + 1) * indices.shape[0])
-        return logits[part].float(), written[part] == wanted
+        return _widened(logits[part]), written[part] == wanted
 
     def write(self, epoch: int, indices: Tensor, logits: Tensor) -> None:
         if not 0 <= epoch <= MAX_EPOCH:
@@ -103,3 +104,7 @@ class LogitStore:
                              f"and shape {tuple(self.table.shape)}")
         self.table.copy_(state["table"])
         self.written.copy_(state["written"])
+
+
+def _widened(logits: Tensor) -> Tensor:
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))

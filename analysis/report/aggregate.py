@@ -17,13 +17,13 @@ from typing import Any
 
 import pandas as pd
 
+import optimizers
+
 from .format import value_text
 from .load import paper_tables
 
-BASE_METHOD = "sgd"  # our name for "the base optimizer alone" (SGD for ResNets, AdamW for ViTs)
-BASE_LABELS = ("sgd", "adamw")  # the method_label of the base optimizer alone
-# Display order: base optimizers first, then the methods in the paper's order.
-METHOD_ORDER = ("sgd", "adamw", "sam", "esam", "gsam", "looksam", "saf", "mesa")
+BASE_METHOD = optimizers.BASE_METHOD  # "the base optimizer alone" (SGD for ResNets, AdamW for ViTs)
+BASE_LABELS = (BASE_METHOD, "adamw")  # the method_label of the base method: on AdamW it is labelled "adamw"
 # Config columns that can set two cells of one (model, method) apart; the seed never does.
 CONFIG_COLUMNS = ("optimizer", "epochs", "batch_size", "lr", "momentum", "weight_decay", "nesterov",
                   "label_smoothing", "schedule", "warmup_epochs", "lr_milestones", "lr_gamma", "bn_update",
@@ -46,8 +46,14 @@ def order_rank(values: Iterable[str], first: Sequence[str]) -> dict[str, int]:
     return {v: i for i, v in enumerate(list(first) + rest)}
 
 
+def method_order() -> tuple[str, ...]:
+    """Display order: the base method's labels, then the registered methods in registration order (the built-in
+    ones in the SAF paper's order, then plugins by name); a method not installed here sorts after them."""
+    return (*BASE_LABELS, *(m for m in optimizers.methods() if m != BASE_METHOD))
+
+
 def method_rank(methods: Iterable[str]) -> dict[str, int]:
-    return order_rank(methods, METHOD_ORDER)
+    return order_rank(methods, method_order())
 
 
 def _varies(values: pd.Series) -> bool:

@@ -178,7 +178,7 @@ FLATNESS = (("final_sharpness", "final-epoch SAM sharpness"), ("lambda_max", "λ
 
 
 def claims_table(rows: pd.DataFrame, *, base: str = "sgd", sam: str = "sam", saf: str = "saf",
-                 others: Sequence[str] = ("mesa", "esam", "gsam", "looksam"), sgd_double: str | None = "sgd_2x",
+                 others: Sequence[str] | None = None, sgd_double: str | None = "sgd_2x",
                  sam_half: str | None = "sam_half", steps: pd.DataFrame | None = None) -> list[Claim]:
     """The paper's claims on one results folder. `rows` has one row per run with columns `cell` (the
     method, or an equal-compute label), `seed`, `final_test_acc`, `images_per_s`, `final_sharpness`,
@@ -186,6 +186,12 @@ def claims_table(rows: pd.DataFrame, *, base: str = "sgd", sam: str = "sam", saf
     out: list[Claim] = []
     acc = "final_test_acc"
     present = set(rows["cell"])
+    if others is None:  # every other method that ran here, in the report's order: none is listed by hand
+        from .aggregate import method_rank
+
+        ran = set(rows.loc[rows["cell"] == rows["method"], "method"]) - {base, sam, saf}
+        rank = method_rank(ran)
+        others = sorted(ran, key=rank.__getitem__)
     others = tuple(m for m in others if m in present)
     sgd_double = sgd_double if sgd_double in present else None
     sam_half = sam_half if sam_half in present else None

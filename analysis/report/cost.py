@@ -28,7 +28,7 @@ import pandas as pd
 import optimizers
 from bench.data.sampling import steps_per_epoch
 
-from .aggregate import BASE_LABELS, METHOD_ORDER
+from .aggregate import BASE_LABELS, method_order
 from .format import BEST_ACC, MISSING, TableFile, dataset_name, is_missing, slug, write_table
 from .run_files import epoch_curves
 
@@ -140,7 +140,7 @@ def time_to_target(curves: pd.DataFrame, pricing: dict[tuple, dict[str, Any]] | 
         ratios.append(b["seconds"] if same_source else math.nan)
     out["base_seconds"] = ratios
     out["time_ratio"] = out["seconds"] / out["base_seconds"]
-    rank = {m: i for i, m in enumerate(METHOD_ORDER)}
+    rank = {m: i for i, m in enumerate(method_order())}
     order = sorted(out.index, key=lambda i: (out.at[i, "dataset"], out.at[i, "model_key"],
                                              rank.get(out.at[i, "method_label"], len(rank)),
                                              out.at[i, "method_label"], out.at[i, "setting"]))

@@ -22,8 +22,7 @@ from bench.errors import UsageError
 from bench.records import overhead_glob
 from bench.targets import DTYPE_ERROR_TARGET, LOOP_TARGET, NODE_STORE_TARGET_BYTES, STEP_TARGETS, Target
 
-from .aggregate import BASE_METHOD
-from .aggregate import METHOD_ORDER as RUN_METHOD_ORDER
+from .aggregate import BASE_METHOD, method_order
 from .load import PAPER_SOURCE
 
 # The columns each kind's tables read (written by the row dataclasses of bench.measure.rows).
@@ -41,9 +40,13 @@ REQUIRED = {
 }
 KINDS = tuple(REQUIRED)
 BASE = BASE_METHOD
-# The report's order with the official SAF store design beside ours.
-_SAF = RUN_METHOD_ORDER.index("saf") + 1
-METHOD_ORDER = (*RUN_METHOD_ORDER[:_SAF], "saf_official", *RUN_METHOD_ORDER[_SAF:])
+OFFICIAL_SAF = "saf_official"  # the official SAF store design, measured beside ours (bench.measure.official_saf)
+
+
+def overhead_order() -> tuple[str, ...]:
+    """The report's method order with the official SAF store design right after ours."""
+    return tuple(x for m in method_order() for x in ((m, OFFICIAL_SAF) if m == OFFICIAL_SAF.removesuffix("_official")
+                                                     else (m,)))
 
 
 # ---- loading ---------------------------------------------------------------------------------------
@@ -92,7 +95,8 @@ def device_label(device_name: str) -> str:
 
 
 def method_rank(method: str) -> int:
-    return METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+    order = overhead_order()
+    return order.index(method) if method in order else len(order)
 
 
 # ---- step ratios ---------------------------------------------------------------------------------

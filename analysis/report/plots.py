@@ -18,10 +18,11 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+import optimizers
 from analysis.flatness import density_summary
 from analysis.measure.hessian import smooth_density
 
-from .aggregate import METHOD_ORDER
+from .aggregate import method_order
 from .format import fmt_pm, fmt_sig, is_missing
 from .overhead import StepPanel
 
@@ -31,16 +32,20 @@ def series_label(method: str, setting: str) -> str:
     return f"{method} [{setting}]" if setting else method
 
 
+# By place in the display order, so a method has the same colour in every figure; methods past the eighth
+# (plugins) take the rest, and a method not installed here the last.
+PALETTE = ("#1f77b4", "#7f7f7f", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#2ca02c", "#ff7f0e", "#bcbd22",
+           "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d", "#17becf")
+
+
 def colour(method: str) -> str:
-    # Fixed per method so a method has the same colour in every figure.
-    palette = ("#1f77b4", "#7f7f7f", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#2ca02c", "#ff7f0e")
-    if method in METHOD_ORDER:
-        return palette[METHOD_ORDER.index(method)]
-    return "#17becf"
+    order = method_order()
+    return PALETTE[min(order.index(method), len(PALETTE) - 2)] if method in order else PALETTE[-1]
 
 
 def _order_key(method: str, setting: str) -> tuple[int, str, str]:
-    rank = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+    order = method_order()
+    rank = order.index(method) if method in order else len(order)
     return rank, method, setting
 
 
@@ -261,13 +266,14 @@ def plot_sharpness(rows: pd.DataFrame, curves: pd.DataFrame, grid: str, order: S
                 label=f"{cell} ({int(stats['count'].max())} seeds)")
         ax.fill_between(stats.index + 1, stats["min"], stats["max"], color=colors[i % len(colors)], alpha=0.15)
     starts: dict[int, list[str]] = {}
-    for method in ("saf", "mesa"):
+    for method in (m for m in order if m in optimizers.methods()):  # the epoch each method's spec switches on
         part = rows[rows["cell"] == method]
-        if len(part) and "hp_e_start" in part:
-            start = int(part["hp_e_start"].iloc[0])
-            if method == "saf" and "hp_e_tilde" in part:
-                start = max(start, int(part["hp_e_tilde"].iloc[0]))
-            starts.setdefault(start, []).append(method.upper())
+        spec = optimizers.method_spec(method)
+        columns = [f"hp_{h.name}" for h in spec.hparams]
+        if len(part) and all(c in part for c in columns):
+            start = int(spec.active_from({c.removeprefix("hp_"): part[c].iloc[0] for c in columns}))
+            if start > 0:
+                starts.setdefault(start, []).append(method.upper())
     for start, names in starts.items():
         ax.axvline(start + 1, color="grey", lw=0.8, ls=":")
         ax.text(start + 1.1, ax.get_ylim()[1], f"{' & '.join(names)} on", va="top", fontsize=8, color="grey")

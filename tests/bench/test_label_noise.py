@@ -37,6 +37,9 @@ class _Scripted:
     def step(self, inputs: Tensor, targets: Tensor, indices: Tensor) -> StepOutput:
         return StepOutput(torch.zeros(()), next(self.logits))
 
+    def watch_samples(self, flagged: Tensor) -> None:
+        self.flagged = flagged
+
 
 class _NoSchedule:
     def step(self) -> None:

@@ -92,7 +92,7 @@ def test_every_run_flag_has_help_text(capsys) -> None:
 
 
 def test_readme_method_table_is_the_one_the_specs_render() -> None:
-    table = method_table([optimizers.method_spec(m) for m in optimizers.methods()])
+    table = method_table([optimizers.method_spec(m) for m in optimizers.METHODS])
     assert table in (REPO / "README.md").read_text()
 
 

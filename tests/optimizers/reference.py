@@ -22,7 +22,7 @@ EPS = 1e-12
 
 def ref_ce(logits: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> Tensor:
     """Per-sample cross-entropy with label smoothing, from its definition."""
-    logits = logits.float()
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # float64 stays float64
     logp = logits - torch.logsumexp(logits, dim=1, keepdim=True)
     rows = []
     for i in range(logits.shape[0]):
@@ -34,8 +34,9 @@ def ref_ce(logits: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> Ten
 
 def ref_trajectory(logits: Tensor, old: Tensor, tau: float) -> Tensor:
     """tau^2 * mean_i sum_c q_ic (log q_ic - log p_ic), q = softmax(old_i / tau), p = softmax(z_i / tau)."""
-    z = logits.float() / tau
-    zo = old.float() / tau
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    z = logits.to(dtype) / tau
+    zo = old.to(dtype) / tau
     log_p = z - torch.logsumexp(z, dim=1, keepdim=True)
     log_q = zo - torch.logsumexp(zo, dim=1, keepdim=True)
     total = 0.0

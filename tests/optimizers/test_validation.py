@@ -20,7 +20,7 @@ def _create(name: str, **hp):
 
 
 def test_methods_tuple_and_registry_agree() -> None:
-    assert optimizers.METHODS == ("sgd", "sam", "esam", "saf", "mesa", "gsam", "looksam")
+    assert optimizers.METHODS == ("sgd", "sam", "esam", "gsam", "looksam", "saf", "mesa")
     for name in optimizers.METHODS:
         method = _create(name, **(SAF if name == "saf" else {}))
         assert isinstance(method, optimizers.Method)
