@@ -94,7 +94,7 @@ class MetricsRow(TypedDict, total=False):
     lr: float
     epoch_time_s: float  # the epoch's training steps, evaluation excluded
     images_per_s: float
-    # Under label noise: the training accuracy (clean pass on the batch as trained, before the step, as train_acc) on the
+    # Under label noise: the training accuracy (clean pass on the batch as trained, before the step) on the
     # samples whose label is correct, and on the flipped ones, against their noisy (trained-on) and true label.
     train_acc_clean: float
     train_acc_flipped_noisy: float
