@@ -85,7 +85,9 @@ class RunConfig:
                                              "CIFAR net on ImageNet, a timm net on CIFAR)")
     augment: bool = _key(True, "training augmentation (random crop; flips where the dataset has them)")
     label_noise: float = _key(0.0, "fraction of training labels replaced by a different class drawn uniformly "
-                                   "(symmetric noise; fixed by the seed; the test set stays clean)")
+                                   "(symmetric noise; the test set stays clean)")
+    label_noise_seed: str = _key("fixed", "which noisy labels: one fixed draw for every run (fixed), or a draw per "
+                                          "run seed, the same for every method of that seed (run)", ("fixed", "run"))
     val_size: int = _key(0, "hold out N training images as a validation set (val_loss/val_acc every epoch; the "
                             "same images for every method and seed; taken from beyond train_subset when there is "
                             "room, so the training set is unchanged). Label noise applies to them as to training "
@@ -185,6 +187,9 @@ class RunConfig:
             raise UsageError(f"weight_decay={self.weight_decay} is invalid: allowed values are >= 0")
         if not 0 <= self.label_noise < 1:
             raise UsageError(f"label_noise={self.label_noise} is invalid: allowed values lie in [0, 1)")
+        if self.label_noise_seed == "run" and self.label_noise == 0:
+            raise UsageError("label_noise_seed='run' draws noisy labels per seed, but label_noise is 0; "
+                             "set label_noise > 0 or leave label_noise_seed at fixed")
         if not (self.sharpness_rho > 0 and math.isfinite(self.sharpness_rho)):
             raise UsageError(f"sharpness_rho={self.sharpness_rho} is invalid: allowed values are finite numbers > 0")
         for name in ("train_subset", "eval_batch_size"):
@@ -244,6 +249,12 @@ class RunConfig:
         if not optimizers.method_spec(self.method).draws_random:
             return None
         return optimizers.method_seed(self.seed, self.method)
+
+    def label_noise_draw(self) -> int:
+        """The seed of the label-noise draw: the fixed one, or one derived from the run seed."""
+        from .data.resident import LABEL_NOISE_SEED, label_noise_seed
+
+        return label_noise_seed(self.seed) if self.label_noise_seed == "run" else LABEL_NOISE_SEED
 
     def hparams(self) -> dict[str, Any]:
         """The method hyperparameters in effect: given values, else the method's defaults."""

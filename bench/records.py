@@ -25,7 +25,7 @@ FAILED_SUMMARY = "summary.failed-{n}.json"  # a failed attempt's summary, set as
 # RunConfig gained after the run was made from its default, which that run used.
 SUMMARY_CONFIG_KEYS = ("optimizer", "epochs", "batch_size", "lr", "momentum", "weight_decay", "nesterov",
                        "label_smoothing", "schedule", "warmup_epochs", "lr_milestones", "lr_gamma", "bn_update",
-                       "train_subset", "label_noise", "augment", "val_size", "val_split_seed")
+                       "train_subset", "label_noise", "augment", "val_size", "val_split_seed", "label_noise_seed")
 
 # --- beside it, from the flatness commands (analysis.flatness)
 HESSIAN = "hessian.json"  # λ_max and trace of the final model
@@ -94,6 +94,11 @@ class MetricsRow(TypedDict, total=False):
     lr: float
     epoch_time_s: float  # the epoch's training steps, evaluation excluded
     images_per_s: float
+    # Under label noise: the training accuracy (clean pass on the batch as trained, before the step) on the
+    # samples whose label is correct, and on the flipped ones, against their noisy (trained-on) and true label.
+    train_acc_clean: float
+    train_acc_flipped_noisy: float
+    train_acc_flipped_true: float
     peak_mem_bytes: int
     host_rss_bytes: int
     data_resident_bytes: int
@@ -174,6 +179,7 @@ class Summary(Provenance, total=False):
     augment: bool
     val_size: int
     val_split_seed: int
+    label_noise_seed: str
 
 
 class HessianRecord(Provenance, total=False):

@@ -36,7 +36,7 @@ from .damage import check_run_dir
 from .data import create_data
 from .distributed import DistInfo, all_reduce_sum, init_from_env
 from .errors import UsageError
-from .loop import TrainLoop
+from .loop import FIT_COLUMNS, TrainLoop
 from .models import count_parameters, create_model
 from .plugins import EpochView, run_hooks
 from .provenance import provenance
@@ -120,6 +120,7 @@ class Run:
             download=self.config.download, rank=self.info.rank, world_size=self.info.world_size,
             num_workers=self.config.num_workers, eval_batch_size=self.config.eval_batch_size,
             channels_last=self.config.channels_last, label_noise=self.config.label_noise,
+            label_noise_seed=self.config.label_noise_draw(),
             val_size=self.config.val_size, val_split_seed=self.config.val_split_seed,
             **({} if self.config.augment else {"augment": False}))
         torch.manual_seed(self.config.seed)  # identical initial weights on every rank and every resume
@@ -143,6 +144,7 @@ class Run:
             precision=self.precision, bn_update=self.config.bn_update,
             **self.config.method_kwargs(num_samples=self.data.num_samples, num_classes=self.data.num_classes,
                                         lr_range=lr_range(self.config)))
+        self.flipped = getattr(self.data, "flipped", None)  # label noise: which samples' labels were flipped
         self.sharpness_batches = self._sharpness_batches() if self.config.sharpness else None
         self.tensorboard = TensorBoardLog(self.run_dir) if self.config.tensorboard and self.info.is_main else None
         self.rows: list[dict[str, Any]] = []
@@ -157,6 +159,7 @@ class Run:
         fixed = create_data(self.config.dataset, root=self.config.data_root, batch_size=self.config.batch_size,
                             device=self.device, seed=0, train_subset=self.config.train_subset, num_workers=0,
                             channels_last=self.config.channels_last, label_noise=self.config.label_noise,
+                            label_noise_seed=self.config.label_noise_draw(),
                             val_size=self.config.val_size, val_split_seed=self.config.val_split_seed,
                             augment=False)
         batches, seen = [], 0
@@ -325,7 +328,7 @@ class Run:
         return self._write_summary(status, error)
 
     def _epoch(self, epoch: int) -> dict[str, Any]:
-        loop = TrainLoop(self.method, self.scheduler)
+        loop = TrainLoop(self.method, self.scheduler, self.flipped, getattr(self.data, "true_targets", None))
         loop.begin_epoch(epoch)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -339,8 +342,9 @@ class Run:
         train_time = time.perf_counter() - start
         bar.close()
         seen = torch.tensor(float(loop.seen), device=self.device, dtype=torch.float64)
-        totals = all_reduce_sum(torch.stack([loop.loss_sum.double(), loop.correct.double(), seen]), self.info)
-        train_loss, train_correct, train_seen = totals.tolist()
+        totals = all_reduce_sum(torch.cat([torch.stack([loop.loss_sum.double(), loop.correct.double(), seen]),
+                                           loop.fit.double()]), self.info).tolist()
+        (train_loss, train_correct, train_seen), fit = totals[:3], totals[3:]
         test_loss, test_acc = self.evaluate(self.data.test_batches())
         val = dict(zip(("val_loss", "val_acc"), self.evaluate(self.data.val_batches()), strict=True)) \
             if self.config.val_size else {}
@@ -350,6 +354,9 @@ class Run:
                "epoch_time_s": train_time, "images_per_s": train_seen / train_time,
                "peak_mem_bytes": _peak_mem_bytes(self.device), "host_rss_bytes": _host_rss_bytes(),
                "data_resident_bytes": self.data.resident_bytes}
+        if fit:  # label noise: the fits to clean and flipped labels (bench.loop.TrainLoop)
+            row.update(zip(FIT_COLUMNS, (fit[1] / max(fit[0], 1), fit[3] / max(fit[2], 1),
+                                         fit[4] / max(fit[2], 1)), strict=True))
         row.update(self.method.extra_metrics())
         if self.sharpness_batches is not None:
             start = time.perf_counter()

@@ -122,6 +122,11 @@ class Method:
         """Method-specific numbers worth logging per epoch (store bytes, selected fraction...)."""
         return {}
 
+    def watch_samples(self, flagged: Tensor) -> None:
+        """The run marks some training samples (label noise: the flipped ones; a bool per dataset index, on the
+        device) so that a method choosing samples can report how many of its choices were marked. Default: unused."""
+        self.flagged = flagged
+
     def extra_state(self) -> dict[str, list[Tensor]]:
         """Tensors kept between steps beyond the model, its gradients and the base optimizer's state, by
         what they are (SAF: "store", MESA: "ema", LookSAM: "g_v"): memory accounting reads them here."""

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .base import StepOutput
 from .sam import ADAPTIVE, RHO, SAM
 from .spec import HParam, MethodSpec
 
@@ -55,6 +56,17 @@ class ESAM(SAM):
         # A private CPU generator: the tensor draw needs no device sync and is saved in state_dict.
         self.generator = torch.Generator().manual_seed(int(seed))
         self._selected_fraction = 1.0
+        # Marked samples (Method.watch_samples) among those the descent pass kept this epoch, and the kept count:
+        # summed on the device, read once per epoch by extra_metrics.
+        self._kept = torch.zeros(2, dtype=torch.long, device=self.device)
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self._kept.zero_()
+
+    def step(self, inputs: Tensor, targets: Tensor, indices: Tensor | None = None) -> StepOutput:
+        self._indices = indices  # for the selection share only; the step itself needs no index
+        return super().step(inputs, targets, indices)
 
     def ascent_params(self, params: list[nn.Parameter]) -> tuple[list[nn.Parameter], float]:
         self._before_draw = self.generator.get_state()  # an fp16-skipped step leaves the draw untaken
@@ -67,6 +79,7 @@ class ESAM(SAM):
         k = int(self.gamma * batch) if official else max(1, math.ceil(self.gamma * batch))
         if (official and self.gamma >= 0.99) or k == batch:
             self._selected_fraction = 1.0
+            self._count_marked(None)
             return inputs, targets
         if k == 0:
             raise ValueError(f"ESAM selection='official' with gamma={self.gamma} keeps no sample of a batch of "
@@ -82,14 +95,26 @@ class ESAM(SAM):
         else:
             chosen = torch.topk(rises, k, sorted=False).indices
         self._selected_fraction = chosen.numel() / batch
+        self._count_marked(chosen)
         return inputs[chosen], targets[chosen]
+
+    def _count_marked(self, chosen: Tensor | None) -> None:
+        flagged, indices = getattr(self, "flagged", None), getattr(self, "_indices", None)
+        if flagged is not None and indices is not None:
+            kept = flagged[indices if chosen is None else indices[chosen]]
+            self._kept[0] += kept.sum()
+            self._kept[1] += kept.numel()  # a scalar kernel argument: no host-to-device copy
 
     def after_step(self, stepped: bool | None) -> None:
         if stepped is False:
             self.generator.set_state(self._before_draw)
 
     def extra_metrics(self) -> dict[str, float]:
-        return {"esam_selected_fraction": self._selected_fraction}
+        out = {"esam_selected_fraction": self._selected_fraction}
+        if getattr(self, "flagged", None) is not None:  # label noise: the share of kept samples with a flipped label
+            marked, kept = self._kept.tolist()
+            out["esam_selected_flipped_share"] = marked / kept if kept else math.nan
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()

@@ -76,3 +76,14 @@ def test_fashionmnist_regime_script() -> None:
     parsed = parse_all("fashionmnist_regime.sh")
     assert [p.command for p in parsed] == ["grid", "grid", "report"]
     assert parsed[0].file.endswith("fashionmnist-regime.yaml")
+
+
+def test_fashionmnist_regime_questions_script_and_grid_extend_the_committed_grid() -> None:
+    from bench.grid import expand, load_grid
+
+    parsed = parse_all("fashionmnist_regime_questions.sh")
+    assert [p.command for p in parsed] == ["grid", "grid", "grid", "report"] and parsed[0].dry_run
+    assert {p.file for p in parsed[:3]} == {"grids/fashionmnist-regime-questions.yaml"}
+    committed = {c.run_dir.name for c in expand(load_grid(SCRIPTS.parent / "grids/fashionmnist-regime.yaml"))}
+    questions = [c.run_dir.name for c in expand(load_grid(SCRIPTS.parent / parsed[0].file))]
+    assert committed <= set(questions) and len(questions) == len(set(questions)) == len(committed) + 65

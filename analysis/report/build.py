@@ -21,6 +21,7 @@ from . import claims
 from .aggregate import aggregate, method_order, prepare
 from .cost import time_to_target_tables
 from .figures import FigureFile, make_figures, save_figure, save_overhead_figure, save_sharpness_figure
+from .fit_plots import save_label_fit_figure
 from .format import MISSING, TableFile, relative, render_markdown, shown_path, slug, write_table
 from .load import OVERHEAD_DIR, REFERENCE_CSV, load_reference, load_rows, read_notes
 from .overhead import commands as overhead_commands
@@ -95,8 +96,8 @@ def report_markdown(report_dir: Path, rows: pd.DataFrame, tables: Sequence[Table
     status = rows["status"].value_counts()
     by_kind = {k: [t for t in tables if t.kind == k] for k in ("dataset", "cost", "paper")}
     other = [t for t in tables if t.kind not in by_kind]
-    section = {s: [f for f in figures if f.section == s] for s in ("cost", "tuning")}
-    section["flatness"] = [f for f in figures if f.section not in ("cost", "tuning")]
+    section = {s: [f for f in figures if f.section == s] for s in ("cost", "tuning", "fit")}
+    section["flatness"] = [f for f in figures if f.section not in ("cost", "tuning", "fit")]
     parts = [
         "# safbench report\n",
         f"Generated from {len(rows)} stored runs ({', '.join(f'{n} {s}' for s, n in status.items())}) in "
@@ -121,12 +122,17 @@ def report_markdown(report_dir: Path, rows: pd.DataFrame, tables: Sequence[Table
         parts.append("## Claims\n")
         parts.append(f"Each of the paper's claims beside our measurement in one results folder: per-seed paired "
                      f"differences (same initial weights and data order within a seed) with a 95% Student-t "
-                     f"interval, or a percentile bootstrap over seeds for ratios. "
+                     f"interval, Fieller's 95% interval for ratios; the `interval` column names each one. "
                      f"Verdicts follow `analysis/report/claims.py`: "
                      f"{claims.REPRODUCED} when the interval lies wholly on the claimed side of the rule's threshold, "
-                     f"{claims.NOT_REPRODUCED} when wholly on the other, {claims.INCONCLUSIVE} otherwise.\n")
+                     f"{claims.NOT_REPRODUCED} when wholly on the other, {claims.INCONCLUSIVE} otherwise. "
+                     f"{claims.METHOD_NOTE}\n")
         for t in claim_tables:
             parts.append(_table_markdown(t, report_dir))
+    if section["fit"]:
+        parts.append("## What each method fits under label noise\n")
+        for f in section["fit"]:
+            parts.append(_figure_markdown(f, report_dir))
     if tuning:
         parts.append("## Tuning\n")
         parts.append("Every method of a tuned folder got the same number of trials (its defaults as trial 0, then the "
@@ -211,7 +217,7 @@ def build_report(results: str | Path = "results", out: str | Path | None = None,
     (out / TABLES_DIR).mkdir(parents=True, exist_ok=True)
     agg = aggregate(rows)
     tables = build_tables(rows, agg, reference_frame, out)
-    tables += time_to_target_tables(rows, out)
+    tables += time_to_target_tables(rows, out, found.get("steps"))
     cost, steps = None, None
     if found:
         cost_tables, steps = build_overhead_tables(found, reference_frame, out)
@@ -233,9 +239,10 @@ def build_report(results: str | Path = "results", out: str | Path | None = None,
                                    "The panels of SAF's lam and e_tilde are the paper's own ablations, on this "
                                    "workload.", png, pdf, section="tuning"))
         for grid, labelled in claim_folders.items():
-            figure = save_sharpness_figure(labelled, grid, out / FIGURES_DIR, method_order())
-            if figure is not None:
-                made.append(figure)
+            for save in (save_sharpness_figure, save_label_fit_figure):
+                figure = save(labelled, grid, out / FIGURES_DIR, method_order())
+                if figure is not None:
+                    made.append(figure)
         if steps is not None and len(steps):
             made.append(save_overhead_figure(step_panels(steps), out / FIGURES_DIR))
     # Rebuilt from the arguments rather than sys.argv: the same line whoever called us.

@@ -20,6 +20,8 @@ from bench import io
 from bench.records import TABLES_DIR
 
 MISSING = "—"
+# "Best acc" means one thing in every table: the best epoch's test accuracy of each seed, averaged over seeds.
+BEST_ACC = "Best-epoch acc (%), mean of per-seed bests"
 DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet",
                  "fashionmnist": "Fashion-MNIST", "synthetic": "Synthetic"}
 

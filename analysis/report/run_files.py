@@ -72,6 +72,26 @@ def sharpness_curves(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+FIT_COLUMNS = ("train_acc_clean", "train_acc_flipped_noisy", "train_acc_flipped_true")  # metrics.csv, label noise
+ESAM_FLIPPED_SHARE = "esam_selected_flipped_share"
+
+
+def label_fit_curves(rows: pd.DataFrame) -> pd.DataFrame:
+    """(cell, seed, epoch, FIT_COLUMNS, and ESAM's share of flipped samples among those kept where logged) from
+    the metrics.csv of runs under label noise; rows carry `cell` (analysis.report.claims.label_cells)."""
+    frames = []
+    for row in rows.itertuples():
+        path = getattr(row, "run_path", None)
+        if not isinstance(path, str):
+            continue
+        metrics = read_metrics(Path(path))
+        if metrics is not None and set(FIT_COLUMNS) <= set(metrics.columns):
+            keep = ["epoch", *FIT_COLUMNS] + ([ESAM_FLIPPED_SHARE] if ESAM_FLIPPED_SHARE in metrics else [])
+            noise = getattr(row, "label_noise_flipped", np.nan) / getattr(row, "num_samples", np.nan)
+            frames.append(metrics[keep].assign(cell=row.cell, seed=row.seed, flipped_fraction=noise))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
 def hessian_curves(rows: pd.DataFrame) -> pd.DataFrame:
     """λ_max and trace at chosen epochs (hessian_epochs.csv) plus the final hessian.json point.
 

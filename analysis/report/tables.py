@@ -17,6 +17,7 @@ from bench.records import TABLES_DIR
 
 from .aggregate import method_rank, order_rank
 from .format import (
+    BEST_ACC,
     MISSING,
     TableFile,
     dataset_name,
@@ -115,6 +116,8 @@ def dataset_table(agg: pd.DataFrame, reference: pd.DataFrame, dataset: str) -> p
                "seeds": r["seeds"]}
         for name in ("acc", "best_acc", "img_s", "wall_s", "train_time_s", "lambda_max", "trace"):
             rec[f"{name}_mean"], rec[f"{name}_std"] = r[f"{name}_mean"], r[f"{name}_std"]
+        for name in ("lambda_max", "trace"):  # measured on fewer seeds than the accuracy, often
+            rec[f"{name}_n"] = int(r[f"{name}_n"])
         rec["share"] = r["share"]
         match = ref[(ref["model"] == r["model_key"]) & (ref["method"] == r["method_label"])]
         first = match.iloc[0] if len(match) else None
@@ -125,6 +128,11 @@ def dataset_table(agg: pd.DataFrame, reference: pd.DataFrame, dataset: str) -> p
         rec["grids"] = r["grids"]
         records.append(rec)
     return pd.DataFrame(records)
+
+
+def _with_n(text: str, n: int, row_n: int) -> str:
+    """A cell measured on fewer seeds than its row's accuracy says on how many."""
+    return f"{text} (n={n})" if 0 < n != row_n else text
 
 
 def format_paper_table(table: pd.DataFrame) -> pd.DataFrame:
@@ -167,14 +175,15 @@ def format_dataset_table(table: pd.DataFrame) -> pd.DataFrame:
     counts = zip(table["n"], table["n_diverged"], table["n_failed"], strict=True)
     cols["Seeds"] = [fmt_seeds(*v) for v in counts]
     cols["Test acc (%)"] = pairs(fmt_pm, table["acc_mean"], table["acc_std"])
-    cols["Best acc (%)"] = pairs(fmt_pm, table["best_acc_mean"], table["best_acc_std"])
+    cols[BEST_ACC] = pairs(fmt_pm, table["best_acc_mean"], table["best_acc_std"])
     cols["Images/s"] = pairs(fmt_speed, table["img_s_mean"], table["img_s_std"])
     cols["Share of base"] = [fmt_share(x) for x in table["share"]]
     cols["Train time (s)"] = pairs(fmt_time, table["train_time_s_mean"], table["train_time_s_std"])
-    if table["lambda_max_mean"].notna().any():
-        cols["λ_max"] = pairs(fmt_sig, table["lambda_max_mean"], table["lambda_max_std"])
-    if table["trace_mean"].notna().any():
-        cols["Hessian trace"] = pairs(fmt_sig, table["trace_mean"], table["trace_std"])
+    for name, title in (("lambda_max", "λ_max"), ("trace", "Hessian trace")):
+        if table[f"{name}_mean"].notna().any():
+            cols[title] = [_with_n(text, k, n) for text, k, n in zip(
+                pairs(fmt_sig, table[f"{name}_mean"], table[f"{name}_std"]), table[f"{name}_n"], table["n"],
+                strict=True)]
     if table["ref_acc"].notna().any():
         cols["Ref. acc (%)"] = pairs(fmt_pm, table["ref_acc"], table["ref_acc_std"])
         cols["Δ vs ref."] = [fmt_diff(x) for x in table["acc_diff_ref"]]

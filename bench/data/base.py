@@ -58,6 +58,7 @@ class LoaderOptions:
     eval_batch_size: int | None = None
     channels_last: bool = False
     label_noise: float = 0.0
+    label_noise_seed: int = 0  # the draw of the noisy labels (bench.data.resident.label_noise_seed)
     val_size: int = 0  # training images held out as a validation set (bench.data.split)
     val_split_seed: int = 0
 

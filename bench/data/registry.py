@@ -78,6 +78,7 @@ def create_data(
     eval_batch_size: int | None = None,
     channels_last: bool = False,
     label_noise: float = 0.0,
+    label_noise_seed: int = 0,
     val_size: int = 0,
     val_split_seed: int = 0,
     **kwargs: Any,
@@ -121,6 +122,7 @@ def create_data(
         eval_batch_size=eval_batch_size,
         channels_last=channels_last,
         label_noise=label_noise,
+        label_noise_seed=label_noise_seed,
         val_size=val_size,
         val_split_seed=val_split_seed,
     )

@@ -6,6 +6,7 @@ crop/flip gather and one normalisation, all on the device, and no host synchroni
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -17,7 +18,14 @@ from bench.data.base import LoaderOptions
 from bench.data.sampling import epoch_generator, shard, steps_per_epoch
 from bench.data.split import validation_split
 
-LABEL_NOISE_SEED = 0  # one noisy training set for every seed and method, so runs stay paired by seed
+LABEL_NOISE_SEED = 0  # the default draw: one noisy training set for every seed and method (runs paired by seed)
+
+
+def label_noise_seed(run_seed: int) -> int:
+    """The draw of `label_noise_seed: run`: one noisy set per run seed, the same for every method of that seed.
+    Derived by hash (as a method's seed), so that the run seeds' draws differ from the fixed one and from each other."""
+    digest = hashlib.sha256(f"safbench:label-noise:{int(run_seed)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 def symmetric_label_noise(targets: np.ndarray, num_classes: int, p: float, seed: int = LABEL_NOISE_SEED
@@ -56,6 +64,10 @@ class ResidentData:
     opts: LoaderOptions
     augmentation: Augmentation | None = Augmentation()
     label_noise_flipped: int = 0  # training labels changed by symmetric label noise
+    # Under label noise (else None), on the device: each training sample's true label, and whether its label
+    # was flipped; what the run's clean/flipped training accuracies and ESAM's selection share are counted on.
+    true_targets: torch.Tensor | None = None
+    flipped: torch.Tensor | None = None
     # Held-out training images (bench.data.split), labelled as the training images are: noisy under label noise.
     val_images: torch.Tensor | None = None
     val_targets: torch.Tensor | None = None
@@ -81,7 +93,8 @@ class ResidentData:
         n = opts.subset_size(name, len(keep))  # the first n candidates train
         clean = np.asarray(train[1])
         # Drawn over the whole training set, keyed by index: validation labels are as noisy as training labels.
-        labels = symmetric_label_noise(clean, num_classes, opts.label_noise) if opts.label_noise > 0 else clean
+        noisy = opts.label_noise > 0
+        labels = symmetric_label_noise(clean, num_classes, opts.label_noise, opts.label_noise_seed) if noisy else clean
         keep = keep[:n]
 
         def put(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
@@ -100,6 +113,8 @@ class ResidentData:
             opts=opts,
             augmentation=augmentation,
             label_noise_flipped=int((labels[keep] != clean[keep]).sum()),
+            true_targets=put(clean[keep], torch.int64) if noisy else None,
+            flipped=put(labels[keep] != clean[keep], torch.bool) if noisy else None,
             val_images=put(train[0][held], torch.uint8) if len(held) else None,
             val_targets=put(labels[held], torch.int64) if len(held) else None,
         )

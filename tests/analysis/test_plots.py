@@ -69,3 +69,24 @@ def test_3d_surfaces_share_one_z_range() -> None:
     fig = plots.plot_landscape_3d(entries, "t")
     assert len(fig.axes) == 2
     assert fig.axes[0].get_zlim() == pytest.approx(fig.axes[1].get_zlim())
+
+
+def test_the_label_fit_figure_draws_every_cell_and_esams_share_beside_the_flipped_fraction() -> None:
+    import pandas as pd
+
+    from analysis.report.fit_plots import plot_label_fit
+
+    rows = []
+    for cell in ("sgd", "sam", "esam"):
+        for seed in (0, 1):
+            for epoch in range(3):
+                rows.append({"cell": cell, "seed": seed, "epoch": epoch, "train_acc_clean": 0.5 + 0.1 * epoch,
+                             "train_acc_flipped_noisy": 0.1 * epoch, "train_acc_flipped_true": 0.3,
+                             "esam_selected_flipped_share": 0.4 if cell == "esam" else float("nan"),
+                             "flipped_fraction": 0.25})
+    fig = plot_label_fit(pd.DataFrame(rows), "results/x", ["sgd", "sam", "esam"])
+    clean, noisy, true, share = fig.axes[:4]
+    assert [ln.get_label() for ln in clean.get_lines()] == ["sgd (2 seeds)", "sam (2 seeds)", "esam (2 seeds)"]
+    assert list(noisy.get_lines()[0].get_ydata()) == pytest.approx([0.0, 10.0, 20.0])  # in %, per epoch
+    assert [ln.get_label() for ln in share.get_lines()][0] == "esam (2 seeds)"
+    assert share.get_lines()[-1].get_ydata()[0] == pytest.approx(25.0)  # the flipped fraction, dotted

@@ -411,3 +411,20 @@ def test_report_reads_top_down(built: Built) -> None:
     # The dataset tables come before the cost section, the time-to-target table inside it.
     assert text.index("### Synthetic: every method") < text.index("## Cost") < \
         text.index("### Synthetic: training time until the base's final accuracy")
+
+
+def test_a_flatness_cell_on_fewer_seeds_than_its_row_says_its_n() -> None:
+    from analysis.report.format import BEST_ACC
+    from analysis.report.tables import format_dataset_table
+
+    table = pd.DataFrame([{"model": "m", "method": meth, "setting": "", "n": 5, "n_diverged": 0, "n_failed": 0,
+                           "acc_mean": 80.0, "acc_std": 1.0, "best_acc_mean": 81.0, "best_acc_std": 1.0,
+                           "img_s_mean": 100.0, "img_s_std": 1.0, "share": 1.0, "train_time_s_mean": 1.0,
+                           "train_time_s_std": 0.1, "lambda_max_mean": 36.36, "lambda_max_std": math.nan,
+                           "lambda_max_n": k, "trace_mean": 500.0, "trace_std": 5.0, "trace_n": 5,
+                           "ref_acc": math.nan, "ref_acc_std": math.nan, "acc_diff_ref": math.nan}
+                          for meth, k in (("sgd", 1), ("sam", 0))])
+    shown = format_dataset_table(table)
+    assert shown["λ_max"].tolist() == ["36.36 (n=1)", "36.36"]  # n = 0: nothing measured, nothing to say
+    assert not shown["Hessian trace"].str.contains("n=").any()  # the same 5 seeds as the accuracy
+    assert BEST_ACC in shown.columns and "Best acc (%)" not in shown.columns

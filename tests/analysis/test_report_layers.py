@@ -8,9 +8,9 @@ from __future__ import annotations
 from tests.test_imports import GRAPH
 
 # A module may import only modules of a lower rank.
-REPORT_RANKS = {"format": 0, "load": 1, "run_files": 1, "aggregate": 2,
+REPORT_RANKS = {"format": 0, "load": 1, "run_files": 1, "stats": 1, "aggregate": 2,
                 "tables": 3, "cost": 3, "overhead": 3, "claims": 3, "overhead_tables": 4, "plots": 4,
-                "landscape_plots": 5, "tuning": 5, "figures": 6, "build": 7, "__init__": 8}
+                "landscape_plots": 5, "tuning": 5, "figures": 6, "fit_plots": 7, "build": 8, "__init__": 9}
 RANKS = {("analysis.report" if m == "__init__" else f"analysis.report.{m}"): r for m, r in REPORT_RANKS.items()}
 
 
@@ -28,3 +28,4 @@ def test_the_report_reads_runs_through_bench_readers_only() -> None:
     """Rows through bench.results, a run's other files through bench.rundir; it never runs or trains."""
     used = {b for a in RANKS for b in GRAPH[a] if b.startswith("bench.")}
     assert {"bench.results", "bench.rundir"} <= used and not used & {"bench.run", "bench.loop", "bench.cells"}
+

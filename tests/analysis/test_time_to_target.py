@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.report.cost import cost_targets, format_time_to_target, time_to_target
+from analysis.report.cost import benchmark_pricing, cost_targets, format_time_to_target, time_to_target
 from analysis.report.plots import plot_cost
 from analysis.report.run_files import epoch_curves
 
@@ -51,9 +51,37 @@ def test_time_to_target_by_hand(tmp_path: Path) -> None:
     assert table.loc["saf", "final_acc"] == pytest.approx(0.805) and table.loc["saf", "seeds"] == 2
     shown = format_time_to_target(table.reset_index()).set_index("Method")
     assert shown.loc["sam", "Reached after epoch"] == "2 of 3"
-    assert shown.loc["sam", "Training time to it (s)"] == "42.0" and shown.loc["sam", "× base's time"] == "1.27"
-    assert shown.loc["saf", "Reached after epoch"] == "never" and shown.loc["saf", "Training time to it (s)"] == "—"
+    assert shown.loc["sam", "Time to it (s)"] == "42.0" and shown.loc["sam", "× base's time"] == "1.27"
+    assert shown.loc["saf", "Reached after epoch"] == "never" and shown.loc["saf", "Time to it (s)"] == "—"
     assert shown.loc["sgd", "Target: base's final acc (%)"] == "81.00 (sgd)"
+
+
+def test_time_is_priced_by_the_step_benchmark_with_sgd_steps_before_the_method_starts(tmp_path: Path) -> None:
+    """10 steps per epoch, SGD's benchmark step 100 ms: an SGD epoch costs 1 s, a SAM epoch 2 s; SAF costs
+    1 s until its e_start = 1, then 1.05 s. Worked by hand from the curves below."""
+    curves = dict(CURVES)
+    curves[("saf", 1)] = [(0.55, 10.5), (0.70, 10.5), (0.83, 10.5)]  # mean 0.815 at epoch 2: reaches 0.81
+    rows = _rows(tmp_path, curves).assign(model="m", batch_size=10, num_samples=100, world_size=1,
+                                          hp_e_start=1.0, hp_e_tilde=1.0)
+    rows["method"] = rows["method_label"]
+    steps = pd.DataFrame([
+        {"model": "m", "shape": "d", "batch_size": 10, "method": m, "file": "steps-cpu-1.csv", "measured_at": "1",
+         "step_ms_median": 100.0 * r, "time_ratio_median": r} for m, r in (("sgd", 1.0), ("sam", 2.0), ("saf", 1.05))])
+    table = time_to_target(epoch_curves(rows), benchmark_pricing(rows, steps)).set_index("method_label")
+    assert table.loc["sgd", "seconds"] == pytest.approx(3.0) and table.loc["sam", "seconds"] == pytest.approx(4.0)
+    assert table.loc["saf", "seconds"] == pytest.approx(1.0 + 1.05 + 1.05)
+    assert table.loc["saf", "time_ratio"] == pytest.approx(3.1 / 3.0)
+    assert table.loc["sam", "measured_seconds"] == pytest.approx(42.0)  # the runs' own time is kept beside it
+    assert set(table["time_source"]) == {"step benchmark (steps-cpu-1.csv)"}
+    shown = format_time_to_target(table.reset_index()).set_index("Method")
+    assert shown.loc["sam", "Time from"] == "step benchmark (steps-cpu-1.csv)"
+
+
+def test_best_accuracy_is_the_mean_of_the_per_seed_bests(tmp_path: Path) -> None:
+    curves = {("sgd", 0): [(0.8, 1.0), (0.6, 1.0)], ("sgd", 1): [(0.6, 1.0), (0.8, 1.0)]}
+    table = time_to_target(epoch_curves(_rows(tmp_path, curves)))
+    assert table["best_acc"].iloc[0] == pytest.approx(0.8)  # the mean curve peaks at 0.7
+    assert table["time_source"].iloc[0] == "runs' epoch_time_s"
 
 
 def test_no_base_run_gives_no_table(tmp_path: Path) -> None:

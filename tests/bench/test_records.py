@@ -23,7 +23,8 @@ TINY = {"method": "sgd", "dataset": "synthetic", "model": "mlp_tiny", "epochs": 
         "train_subset": 64, "device": "cpu", "num_workers": 0, "progress": False}
 
 
-ADDED_LATER = {"label_noise": 0.0, "augment": True}  # RunConfig keys the first committed runs predate
+# RunConfig keys the first committed runs predate
+ADDED_LATER = {"label_noise": 0.0, "augment": True, "label_noise_seed": "fixed"}
 
 
 def test_summary_config_keys_are_run_config_fields() -> None:

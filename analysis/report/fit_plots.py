@@ -1,0 +1,72 @@
+"""What each method fits under label noise: its training accuracy on the clean-labelled samples and on the
+flipped ones (against their noisy and their true label) per epoch, and ESAM's share of flipped samples among
+those its descent pass keeps. One figure per claims folder whose runs logged them (metrics.csv)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+import pandas as pd
+from matplotlib.figure import Figure
+
+from .figures import FigureFile, save_figure
+from .run_files import ESAM_FLIPPED_SHARE, label_fit_curves
+
+PANELS = (("train_acc_clean", "clean-labelled samples:\npredicted as their (true) label"),
+          ("train_acc_flipped_noisy", "flipped samples:\npredicted as their noisy label (memorised)"),
+          ("train_acc_flipped_true", "flipped samples:\npredicted as their true label"))
+
+
+def plot_label_fit(curves: pd.DataFrame, grid: str, order: Sequence[str]) -> Figure:
+    """Three panels of training accuracy against epoch, one line per cell (mean over seeds, band min to max),
+    and a fourth with ESAM's share of flipped samples among those it kept, beside the flipped fraction of the
+    training set (the share a choice blind to the labels would keep)."""
+    fig = Figure(figsize=(11.0, 8.0))
+    axes = fig.subplots(2, 2).ravel()
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    cells = [c for c in order if c in set(curves["cell"])] + sorted(set(curves["cell"]) - set(order))
+    for ax, (column, title) in zip(axes, PANELS + ((ESAM_FLIPPED_SHARE, ""),), strict=True):
+        for i, cell in enumerate(cells):
+            part = curves[curves["cell"] == cell]
+            if column not in part or part[column].isna().all():
+                continue
+            stats = part.groupby("epoch")[column].agg(["mean", "min", "max", "count"])
+            style = "--" if "_" in cell or "[" in cell else "-"  # baselines and variants dashed
+            ax.plot(stats.index + 1, 100 * stats["mean"], style, color=colors[i % len(colors)], marker="o", ms=2.5,
+                    label=f"{cell} ({int(stats['count'].max())} seeds)")
+            ax.fill_between(stats.index + 1, 100 * stats["min"], 100 * stats["max"], color=colors[i % len(colors)],
+                            alpha=0.12)
+        if column == ESAM_FLIPPED_SHARE:
+            ax.axhline(100 * curves["flipped_fraction"].mean(), color="grey", ls=":", lw=1)
+            ax.text(1, 100 * curves["flipped_fraction"].mean(), " flipped share of the training set", va="bottom",
+                    fontsize=8, color="grey")
+            title = "ESAM: flipped samples among those its\ndescent pass keeps (per epoch)"
+            if not ax.get_lines()[:-1]:
+                ax.text(0.5, 0.5, "no ESAM run logged it", transform=ax.transAxes, ha="center", color="grey")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("%")
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, ncol=5, loc="lower center", frameon=False)
+    fig.suptitle(f"What each method fits under label noise: {Path(grid).name}\n(training accuracy of the clean "
+                 "pass on each batch as trained, before its step; mean over seeds, band min to max)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    return fig
+
+
+def save_label_fit_figure(rows: pd.DataFrame, grid: str, folder: Path, order: Sequence[str]) -> FigureFile | None:
+    """The figure of one claims folder (rows labelled by claims.label_cells), None when no run logged the fits."""
+    curves = label_fit_curves(rows)
+    if curves.empty:
+        return None
+    stem = folder / f"label_fit_{re.sub(r'[^A-Za-z0-9_-]+', '_', Path(grid).name)}"
+    png, pdf = save_figure(plot_label_fit(curves, grid, order), stem)
+    return FigureFile(f"What each method fits ({Path(grid).name})",
+                      "Training accuracy per epoch on the samples whose label is correct, and on the flipped ones "
+                      "against their noisy label (memorisation) and their true label; ESAM's share of flipped "
+                      "samples among those its descent pass keeps, beside the flipped share of the training set "
+                      "(above it: the selection prefers mislabelled samples).", png, pdf, section="fit")
