@@ -30,7 +30,7 @@ from .overhead import provenance_lines as overhead_provenance
 from .overhead_tables import build_overhead_tables
 from .run_files import landscape_commands
 from .tables import CELLS_CSV, RUNS_CSV, build_tables, runs_overview, tables_without_ours
-from .tuning import find_tuned, plot_tuning, run_settings, tuning_tables
+from .tuning import find_tuned, plot_tuning, run_settings, tuned_claims_table, tuning_tables
 
 PROVENANCE_COLUMNS = ("git_commit", "torch_version", "python_version", "torchvision_version", "timm_version",
                       "device_name")
@@ -223,6 +223,11 @@ def build_report(results: str | Path = "results", out: str | Path | None = None,
         cost_tables, steps = build_overhead_tables(found, reference_frame, out)
         cost = CostSection(shown_path(cost_folder), cost_tables, overhead_commands(found), overhead_provenance(found))
     claim_tables, claim_folders = [], claims.folders_with_claims(rows)
+    for t in tuned:  # runs at two settings: judged side by side (analysis.report.tuning), not as one folder
+        claim_folders.pop(t.shown, None)
+        table = tuned_claims_table(t, rows, out, found.get("steps"))
+        if table is not None:
+            claim_tables.append(table)
     for grid, labelled in claim_folders.items():
         frame = claims.claims_frame(claims.claims_table(labelled, steps=found.get("steps")))
         claim_tables.append(write_table(out, f"claims_{slug(grid)}", f"Claims judged on `{grid}`", frame,

@@ -373,7 +373,7 @@ def folders_with_claims(rows: pd.DataFrame, base: str = "sgd", sam: str = "sam")
     return out
 
 
-def _shown(r: pd.Series) -> str:
+def shown_estimate(r: pd.Series) -> str:
     digits = 2 if r["unit"] in ("points",) else 3
     if not math.isfinite(r["mean"]):
         return "—"
@@ -388,7 +388,7 @@ def _p(x: float) -> str:
 def format_claims(frame: pd.DataFrame) -> pd.DataFrame:
     """The claims table as shown: the estimate with its interval (of the kind `spread` names) in one column."""
     return pd.DataFrame({"claim": frame["claim"], "role": frame["role"], "measured": frame["measure"],
-                         "estimate [interval]": [_shown(r) for _, r in frame.iterrows()],
+                         "estimate [interval]": [shown_estimate(r) for _, r in frame.iterrows()],
                          "interval": frame["spread"], "n (seeds; rounds)": frame["n"],
                          "p, one-sided": [_p(x) for x in frame["p_one_sided"]],
                          "p, Holm": [_p(x) for x in frame["p_holm"]], "rule": frame["rule"],

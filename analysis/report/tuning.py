@@ -161,3 +161,74 @@ def plot_tuning(t: TunedFolder) -> Figure:
     fig.suptitle(f"Validation accuracy (final epoch) of every trial, {t.shown}: dots seeds, circles means, "
                  "star defaults, ring chosen", fontsize=9)
     return fig
+
+
+# ---- the claims, at both settings and both read-outs -------------------------------------------------
+READOUT_COLUMNS = {"final": "final_test_acc", "val_best": "test_acc_at_val_best"}
+READOUT_NAMES = {"final": "final epoch", "val_best": "validation-best epoch"}
+
+
+def claims_side_by_side(rows: pd.DataFrame, steps: pd.DataFrame | None) -> tuple[pd.DataFrame, list[str]]:
+    """Every claim of a tuned folder judged four times, by the claims' own rules (analysis.report.claims): at the
+    defaults and at the tuned settings, each read at the final epoch and at the epoch of highest validation
+    accuracy (test accuracy there; the epoch chosen on validation data). Returns the numbers, one row per claim and
+    column pair, and a sentence for every claim whose verdict differs between the four."""
+    from . import claims
+
+    finished = rows[rows["status"] == "finished"] if "status" in rows else rows
+    frames = {}
+    for setting in (DEFAULT, TUNED):
+        part = finished[finished["setting"].isin([setting, BOTH])]
+        if not {"sgd", "sam"} <= set(part["method"]):
+            continue
+        for readout, column in READOUT_COLUMNS.items():
+            if column not in part or part[column].isna().all():
+                continue
+            judged = claims.label_cells(part.assign(final_test_acc=pd.to_numeric(part[column], errors="coerce")))
+            frames[(setting, readout)] = claims.claims_frame(claims.claims_table(judged, steps=steps))
+    if not frames:
+        return pd.DataFrame(), []
+    keys = list(dict.fromkeys(k for f in frames.values() for k in f["key"]))
+    out, changes = [], []
+    for key in keys:
+        record: dict[str, Any] = {"key": key}
+        verdicts = {}
+        for (setting, readout), frame in frames.items():
+            match = frame[frame["key"] == key]
+            if match.empty:
+                continue
+            r = match.iloc[0]
+            record.setdefault("claim", r["claim"])
+            record.setdefault("measured", r["measure"])
+            record.setdefault("role", r["role"])
+            tag = f"{setting}, {READOUT_NAMES[readout]}"
+            record[f"{tag}: estimate"] = r["mean"]
+            record[f"{tag}: low"], record[f"{tag}: high"], record[f"{tag}: n"] = r["low"], r["high"], r["n"]
+            record[f"{tag}: verdict"] = r["verdict"]
+            record[f"{tag}: shown"] = claims.shown_estimate(r)
+            verdicts[tag] = r["verdict"]
+        out.append(record)
+        if len(set(verdicts.values())) > 1:
+            said = "; ".join(f"{v} at {t}" for t, v in verdicts.items())
+            changes.append(f"{record['claim']} ({record['measured']}): {said}.")
+    return pd.DataFrame(out), changes
+
+
+def tuned_claims_table(t: TunedFolder, rows: pd.DataFrame, out: Path, steps: pd.DataFrame | None) -> TableFile | None:
+    numbers, changes = claims_side_by_side(rows[rows["grid"].astype(str) == t.shown], steps)
+    if numbers.empty:
+        return None
+    tags = [c.removesuffix(": shown") for c in numbers.columns if c.endswith(": shown")]
+    shown = pd.DataFrame({"claim": numbers["claim"], "role": numbers["role"], "measured": numbers["measured"]})
+    for tag in tags:
+        shown[tag] = [f"{s} {v}" if isinstance(s, str) else "—"
+                      for s, v in zip(numbers[f"{tag}: shown"], numbers[f"{tag}: verdict"], strict=True)]
+    extra = ("\nWhere a verdict changes with the setting or the read-out:\n\n" + "\n".join(f"- {c}" for c in changes)
+             + "\n") if changes else "\nNo verdict changes with the setting or the read-out.\n"
+    return write_table(out, f"claims_tuned_{slug(t.shown)}",
+                       f"Claims judged on `{t.shown}`: defaults and tuned settings, final and validation-best epochs",
+                       numbers.drop(columns=[c for c in numbers.columns if c.endswith(": shown")]), shown,
+                       extra_md=extra, notes=["Each column is judged by the rules of the Claims section on the runs "
+                                              "of that setting (fresh seeds; `tuned = default` runs count in both); "
+                                              "the validation-best read-out takes each run's test accuracy at its "
+                                              "epoch of highest validation accuracy."])
