@@ -100,3 +100,12 @@ def test_a_tiny_hessian_is_built_whole_and_an_unknown_algorithm_refused() -> Non
     assert eig.eigenvalues == pytest.approx([3.0, 1.0, -2.0], abs=1e-5) and eig.hvps == 3
     with pytest.raises(ValueError, match="algorithm"):
         hessian.top_eigenvalues(Quadratic(3), BATCH, algorithm="arnoldi", loss_fn=quadratic_loss(a))
+
+
+def test_the_cli_offers_the_solvers_algorithms_default_first() -> None:
+    from analysis import flatness_cli
+    from analysis.measure import eigen
+
+    assert flatness_cli.ALGORITHMS == eigen.ALGORITHMS and eigen.ALGORITHMS[0] == eigen.DEFAULT_ALGORITHM
+    assert eigen.hvps_per_measurement(1, 0) < eigen.hvps_per_measurement(1, 0, "power")
+    assert eigen.hvps_per_measurement(3, 50) == eigen.hvps_per_measurement(3, 0) + 50

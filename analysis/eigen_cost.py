@@ -1,0 +1,114 @@
+"""What top-k Hessian eigenvalues cost by power iteration and by Lanczos, at equal accuracy, on a run's model.
+
+    python -m analysis.eigen_cost RUN_DIR [RUN_DIR ...] --samples 256 --out results/hessian-cost
+
+For each run's last checkpoint, on its fixed measurement images (analysis.flatness), a tightly converged
+reference (Lanczos, k + 3 eigenvalues, tol 1e-10, 40 vectors) is computed first; then each algorithm runs
+over a sweep of tolerances for top-1 and top-3, the two algorithms interleaved, and every trial's
+Hessian-vector products, seconds (operator built, first gradient pass included) and largest relative error
+of its k eigenvalues against the reference are written to trials.csv, with provenance. table.md then gives,
+per model and k, the cheapest trial of each algorithm that reached ``--accuracy`` (relative) on all k
+eigenvalues, and the trial at each algorithm's default tolerance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from bench import io
+from bench.provenance import provenance
+
+from .flatness import load_run
+from .measure.hessian import top_eigenvalues
+
+POWER_TOLS = (1e-2, 1e-3, 1e-4, 1e-5)
+LANCZOS_TOLS = (1e-1, 1e-2, 1e-3)
+DEFAULT_TOL = 1e-3  # hessian_summary's, for both algorithms
+
+
+def trial(model: Any, batches: list, reference: list[float], *, k: int, algorithm: str, tol: float,
+          ncv: int | None, max_iter: int) -> dict[str, Any]:
+    start = time.perf_counter()
+    eig = top_eigenvalues(model, batches, k=k, tol=tol, max_iter=max_iter, algorithm=algorithm, ncv=ncv)
+    seconds = time.perf_counter() - start
+    found = sorted(eig.eigenvalues, reverse=True)
+    errors = [abs(v - r) / abs(r) for v, r in zip(found, reference[:k], strict=True)]
+    return {"k": k, "algorithm": algorithm, "tol": tol, "ncv": ncv, "max_iter": max_iter, "hvps": eig.hvps,
+            "seconds": seconds, "max_rel_error": max(errors),
+            "eigenvalues": " ".join(f"{v:.6g}" for v in eig.eigenvalues)}
+
+
+def measure_run(run_dir: Path, samples: int, ncvs: list[int | None]) -> list[dict[str, Any]]:
+    config, model, batches = load_run(run_dir, torch.device("cpu"), samples)
+    ref = top_eigenvalues(model, batches, k=6, tol=1e-10, ncv=40, max_iter=1000)
+    reference = ref.eigenvalues
+    print(f"{run_dir.name}: reference {[round(v, 4) for v in reference]} ({ref.hvps} products)", flush=True)
+    plans = [("power", tol, None, 1000) for tol in POWER_TOLS]
+    plans += [("lanczos", tol, ncv, 1000) for tol in LANCZOS_TOLS for ncv in ncvs]
+    # Interleaved (power, lanczos, power, ...) so that a change in the machine's load hits both alike.
+    power, lanczos = [p for p in plans if p[0] == "power"], [p for p in plans if p[0] == "lanczos"]
+    order = [p for pair in zip(power, lanczos, strict=False) for p in pair]
+    order += power[len(lanczos):] + lanczos[len(power):]
+    rows = []
+    for k in (1, 3):
+        for algorithm, tol, ncv, max_iter in order:
+            row = trial(model, batches, reference, k=k, algorithm=algorithm, tol=tol, ncv=ncv, max_iter=max_iter)
+            row.update(run_dir=run_dir.name, model=config.model, method=config.method, epoch=model.checkpoint_epoch,
+                       samples=sum(len(t) for _, t in batches), num_params=sum(p.numel() for p in model.parameters()),
+                       reference=" ".join(f"{v:.8g}" for v in reference[:3]), reference_hvps=ref.hvps)
+            print(f"  k={k} {algorithm:8s} tol={tol:g} ncv={ncv}: {row['hvps']} products, "
+                  f"{row['seconds']:.1f} s, error {row['max_rel_error']:.2e}", flush=True)
+            rows.append(row)
+    return rows
+
+
+def table(trials: pd.DataFrame, accuracy: float) -> str:
+    lines = [f"| model | k | algorithm | cheapest setting reaching {accuracy:g} | HVPs | seconds | error "
+             "| at the default tol: HVPs | seconds | error |", "|" + " --- |" * 10]
+    for (model, k), group in trials.groupby(["model", "k"], sort=False):
+        for algorithm in ("power", "lanczos"):
+            g = group[group["algorithm"] == algorithm]
+            ok = g[g["max_rel_error"] <= accuracy].sort_values(["hvps", "seconds"])
+            d = g[(g["tol"] == DEFAULT_TOL) & (g["ncv"].isna() | (g["ncv"] == g["ncv"].min()))].head(1)
+            best = (f"tol {ok.iloc[0]['tol']:g}" + ("" if pd.isna(ok.iloc[0]["ncv"]) else
+                                                     f", ncv {int(ok.iloc[0]['ncv'])}"),
+                    f"{int(ok.iloc[0]['hvps'])}", f"{ok.iloc[0]['seconds']:.1f}",
+                    f"{ok.iloc[0]['max_rel_error']:.1e}") if len(ok) else ("none reached it", "—", "—", "—")
+            dflt = (f"{int(d.iloc[0]['hvps'])}", f"{d.iloc[0]['seconds']:.1f}",
+                    f"{d.iloc[0]['max_rel_error']:.1e}") if len(d) else ("—", "—", "—")
+            lines.append(f"| {model} | {k} | {algorithm} | " + " | ".join((*best, *dflt)) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m analysis.eigen_cost", description=__doc__.split("\n")[0])
+    parser.add_argument("run_dirs", nargs="+", type=Path)
+    parser.add_argument("--samples", type=int, default=256)
+    parser.add_argument("--ncv", type=int, nargs="*", default=[], help="Lanczos vector counts beyond the default")
+    parser.add_argument("--accuracy", type=float, default=1e-3)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    command = shlex.join(["python", "-m", "analysis.eigen_cost", *(sys.argv[1:] if argv is None else argv)])
+    rows = [r for d in args.run_dirs for r in measure_run(d, args.samples, [None, *args.ncv])]
+    stamp = provenance(torch.device("cpu"), command)
+    trials = pd.DataFrame([{**r, **stamp, "torch_threads": torch.get_num_threads()} for r in rows])
+    args.out.mkdir(parents=True, exist_ok=True)
+    io.write_csv(args.out / "trials.csv", trials)
+    text = (f"# Top-k Hessian eigenvalues: power iteration vs Lanczos at equal accuracy\n\n"
+            f"Made by `{command}` at commit {stamp.get('git_commit')} on {stamp.get('device_name')} "
+            f"(torch {stamp.get('torch_version')}); every trial in trials.csv.\n\n" + table(trials, args.accuracy))
+    io.write_text(args.out / "table.md", text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
