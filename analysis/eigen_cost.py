@@ -97,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     command = shlex.join(["python", "-m", "analysis.eigen_cost", *(sys.argv[1:] if argv is None else argv)])
+    stamp = provenance(torch.device("cpu"), command)  # at the start: the commit of the code that runs
     rows = [r for d in args.run_dirs for r in measure_run(d, args.samples, [None, *args.ncv])]
-    stamp = provenance(torch.device("cpu"), command)
     trials = pd.DataFrame([{**r, **stamp, "torch_threads": torch.get_num_threads()} for r in rows])
     args.out.mkdir(parents=True, exist_ok=True)
     io.write_csv(args.out / "trials.csv", trials)
