@@ -129,6 +129,7 @@ class Summary(Provenance, total=False):
     final_test_loss: float | None
     final_train_acc: float | None
     final_sharpness: float | None
+    final_adaptive_sharpness: float | None
     images_per_s: float | None  # median over the epochs after the first
     images_per_s_warmup: float | None  # the first epoch's
     train_time_s: float

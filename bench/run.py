@@ -405,6 +405,7 @@ class Run:
             "final_test_loss": finite[-1]["test_loss"] if finite else None,
             "final_train_acc": finite[-1]["train_acc"] if finite else None,
             "final_sharpness": finite[-1].get("sharpness") if finite else None,
+            "final_adaptive_sharpness": finite[-1].get("adaptive_sharpness") if finite else None,
             "images_per_s": statistics.median(speeds) if speeds else None,
             "images_per_s_warmup": rows[0]["images_per_s"] if rows else None,
             "train_time_s": sum(r["epoch_time_s"] for r in rows),

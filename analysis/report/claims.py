@@ -189,7 +189,9 @@ def claims_table(rows: pd.DataFrame, *, base: str = "sgd", sam: str = "sam", saf
                              f"{bench.n} rounds)", bench, "share", verdict(bench, threshold),
                              f"IQR ≥ {threshold}"))
     for column, name in (("final_sharpness", "final-epoch SAM sharpness"), ("lambda_max", "λ_max"),
-                         ("hessian_trace", "Hessian trace")):
+                         ("hessian_trace", "Hessian trace"),
+                         ("final_adaptive_sharpness", "final-epoch adaptive (ASAM) sharpness"),
+                         ("lambda_max_true_labels", "λ_max, true labels"), ("lambda_max_flipped", "λ_max, flipped images")):
         if column not in rows or rows[column].isna().all():
             continue
         reference = _diff(rows, sam, base, column)
