@@ -46,21 +46,22 @@ def trial(model: Any, batches: list, reference: list[float], *, k: int, algorith
             "eigenvalues": " ".join(f"{v:.6g}" for v in eig.eigenvalues)}
 
 
-def measure_run(run_dir: Path, samples: int, ncvs: list[int | None]) -> list[dict[str, Any]]:
+def measure_run(run_dir: Path, samples: int, ncvs: list[int | None], ks: list[int], power_tols: list[float],
+                lanczos_tols: list[float]) -> list[dict[str, Any]]:
     config, model, batches = load_run(run_dir, torch.device("cpu"), samples)
     # Residuals of 1e-5 of each Ritz value: near the float32 products' own noise, and an eigenvalue error far
     # below it (of the order of the squared residual over the gap).
     ref = top_eigenvalues(model, batches, k=6, tol=1e-5, ncv=40, max_iter=300)
     reference = ref.eigenvalues
     print(f"{run_dir.name}: reference {[round(v, 4) for v in reference]} ({ref.hvps} products)", flush=True)
-    plans = [("power", tol, None, 1000) for tol in POWER_TOLS]
-    plans += [("lanczos", tol, ncv, 1000) for tol in LANCZOS_TOLS for ncv in ncvs]
+    plans = [("power", tol, None, 1000) for tol in power_tols]
+    plans += [("lanczos", tol, ncv, 1000) for tol in lanczos_tols for ncv in ncvs]
     # Interleaved (power, lanczos, power, ...) so that a change in the machine's load hits both alike.
     power, lanczos = [p for p in plans if p[0] == "power"], [p for p in plans if p[0] == "lanczos"]
     order = [p for pair in zip(power, lanczos, strict=False) for p in pair]
     order += power[len(lanczos):] + lanczos[len(power):]
     rows = []
-    for k in (1, 3):
+    for k in ks:
         for algorithm, tol, ncv, max_iter in order:
             row = trial(model, batches, reference, k=k, algorithm=algorithm, tol=tol, ncv=ncv, max_iter=max_iter)
             row.update(run_dir=run_dir.name, model=config.model, method=config.method, epoch=model.checkpoint_epoch,
@@ -92,23 +93,39 @@ def table(trials: pd.DataFrame, accuracy: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis.eigen_cost", description=__doc__.split("\n")[0])
-    parser.add_argument("run_dirs", nargs="+", type=Path)
+    parser.add_argument("run_dirs", nargs="*", type=Path)
     parser.add_argument("--samples", type=int, default=256)
+    parser.add_argument("--k", type=int, nargs="+", default=[1, 3])
+    parser.add_argument("--power-tols", type=float, nargs="*", default=list(POWER_TOLS))
+    parser.add_argument("--lanczos-tols", type=float, nargs="*", default=list(LANCZOS_TOLS))
     parser.add_argument("--ncv", type=int, nargs="*", default=[], help="Lanczos vector counts beyond the default")
     parser.add_argument("--accuracy", type=float, default=1e-3)
+    parser.add_argument("--merge", type=Path, nargs="*", default=[],
+                        help="instead of measuring: join these folders' trials.csv (parts run as parallel "
+                             "processes) into --out's trials.csv and table.md")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     command = shlex.join(["python", "-m", "analysis.eigen_cost", *(sys.argv[1:] if argv is None else argv)])
-    stamp = provenance(torch.device("cpu"), command)  # at the start: the commit of the code that runs
-    rows = [r for d in args.run_dirs for r in measure_run(d, args.samples, [None, *args.ncv])]
-    trials = pd.DataFrame([{**r, **stamp, "torch_threads": torch.get_num_threads()} for r in rows])
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        trials = pd.concat([pd.read_csv(d / "trials.csv") for d in args.merge], ignore_index=True)
+        trials = trials.sort_values(["model", "k", "algorithm", "tol"], kind="stable")
+        commits = ", ".join(sorted(set(trials["git_commit"].astype(str))))
+        device = trials["device_name"].iloc[0]
+        text = (f"# Top-k Hessian eigenvalues: power iteration vs Lanczos at equal accuracy\n\n"
+                f"Measured by the commands in trials.csv (`command`; parts run as parallel processes), joined by "
+                f"`{command}`, at commit {commits} on {device} (torch {trials['torch_version'].iloc[0]}).\n\n"
+                + table(trials, args.accuracy))
+        io.write_csv(args.out / "trials.csv", trials)
+        io.write_text(args.out / "table.md", text)
+        print(text)
+        return 0
+    stamp = provenance(torch.device("cpu"), command)  # at the start: the commit of the code that runs
+    rows = [r for d in args.run_dirs for r in measure_run(d, args.samples, [None, *args.ncv], args.k,
+                                                          args.power_tols, args.lanczos_tols)]
+    trials = pd.DataFrame([{**r, **stamp, "torch_threads": torch.get_num_threads()} for r in rows])
     io.write_csv(args.out / "trials.csv", trials)
-    text = (f"# Top-k Hessian eigenvalues: power iteration vs Lanczos at equal accuracy\n\n"
-            f"Made by `{command}` at commit {stamp.get('git_commit')} on {stamp.get('device_name')} "
-            f"(torch {stamp.get('torch_version')}); every trial in trials.csv.\n\n" + table(trials, args.accuracy))
-    io.write_text(args.out / "table.md", text)
-    print(text)
+    print(table(trials, args.accuracy))
     return 0
 
 
