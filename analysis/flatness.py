@@ -44,7 +44,8 @@ def fixed_data(config: RunConfig, device: torch.device, samples: int, batch_size
     `label_noise` says otherwise): the same samples for every run."""
     return create_data(config.dataset, root=config.data_root, batch_size=min(batch_size, samples), device=device,
                        seed=0, train_subset=config.train_subset, download=False, num_workers=0, augment=False,
-                       label_noise=config.label_noise if label_noise is None else label_noise)
+                       label_noise=config.label_noise if label_noise is None else label_noise,
+                       val_size=config.val_size, val_split_seed=config.val_split_seed)
 
 
 def first_batches(data: Any, samples: int) -> list[tuple[Tensor, Tensor]]:

@@ -108,14 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", default=None,
                         help=f"print the full traceback instead of one line (or set {DEBUG_ENV}=1)")
     subparsers = parser.add_subparsers(dest="command", required=True)
-    from . import grid_cli
+    from . import grid_cli, tune_cli
     from .measure import cli as measure_cli
 
     plugged = plugins.loaded(plugins.COMMANDS)
     if not plugged:  # a checkout on PYTHONPATH, never installed: its entry points are unknown to Python
         parser.hint = ("; report, hessian and landscape come from the installed package's entry points: "
                        "run bash scripts/setup.sh (pip install -e .)")
-    for register_commands in (register, grid_cli.register, measure_cli.register, *plugged.values()):
+    for register_commands in (register, grid_cli.register, tune_cli.register, measure_cli.register, *plugged.values()):
         register_commands(subparsers)
     return parser
 

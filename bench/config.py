@@ -83,6 +83,11 @@ class RunConfig:
     augment: bool = _key(True, "training augmentation (random crop; flips where the dataset has them)")
     label_noise: float = _key(0.0, "fraction of training labels replaced by a different class drawn uniformly "
                                    "(symmetric noise; fixed by the seed; the test set stays clean)")
+    val_size: int = _key(0, "hold out N training images as a validation set (val_loss/val_acc every epoch; the "
+                            "same images for every method and seed; taken from beyond train_subset when there is "
+                            "room, so the training set is unchanged). Label noise applies to them as to training "
+                            "labels: a user has no clean labels. Selection reads them, never the test set")
+    val_split_seed: int = _key(0, "seed of the validation split's draw (its own, never the run seed)")
     num_workers: int = _key(4, "data-loader workers (streamed datasets)")
     eval_batch_size: int | None = _key(None, "evaluation batch size (default: batch_size)")
     out: str = _key("runs", "folder for run directories")
@@ -167,7 +172,7 @@ class RunConfig:
         if outside:  # refused before training, not found out when the epoch never comes
             raise UsageError(f"hessian_epochs={outside[0]} is invalid: allowed values are epochs 0..{self.epochs - 1} "
                              "(0-based, as in metrics.csv)")
-        for name in ("warmup_epochs", "num_workers", "seed"):
+        for name in ("warmup_epochs", "num_workers", "seed", "val_size", "val_split_seed"):
             if getattr(self, name) < 0:
                 raise UsageError(f"{name}={getattr(self, name)} is invalid: allowed values are integers >= 0")
         if not (self.lr > 0 and math.isfinite(self.lr)):

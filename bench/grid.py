@@ -37,7 +37,7 @@ import optimizers
 from .config import NON_IDENTITY_KEYS, HyperparameterError, RunConfig, _field_types
 from .errors import UsageError
 
-TOP_LEVEL_KEYS = ("base", "grid", "per_method")
+TOP_LEVEL_KEYS = ("base", "grid", "per_method", "tune")  # tune: bench.tuning
 # PyYAML reads `1e-3` (no dot) as a string; for float keys we accept it as the number it means.
 _FLOAT_TEXT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
@@ -73,6 +73,7 @@ class GridSpec:
     base: dict[str, Any]
     subgrids: list[dict[str, list[Any]]]
     per_method: dict[str, dict[str, Any]]
+    tune: Any = None  # the raw `tune:` section, checked by bench.tuning.parse_tune
 
     def cells(self, out: str | None = None) -> list[Cell]:
         return expand(self, out=out)
@@ -139,7 +140,7 @@ def parse_grid(data: Any, *, where: str = "grid") -> GridSpec:
         if "out" in values:
             raise UsageError(f"{where}: per_method.{method}.out: the output folder is the grid's; set it in base")
         per_method[method] = values
-    return GridSpec(where, base, subgrids, per_method)
+    return GridSpec(where, base, subgrids, per_method, data.get("tune"))
 
 
 def expand(spec: GridSpec, *, out: str | None = None) -> list[Cell]:

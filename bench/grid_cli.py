@@ -62,6 +62,9 @@ def _grid(args: argparse.Namespace) -> int:
         raise UsageError(f"--nproc-per-node={args.nproc_per_node} is invalid: allowed values are integers >= 1")
     spec = load_grid(args.file)
     out = args.out or spec.base.get("out") or default_out(resolve_grid(args.file))
+    if spec.tune is not None:  # its cells are made by the tuning (trials, then the choices on fresh seeds)
+        raise UsageError(f"{args.file} has a tune: section: run it with safbench tune {args.file} (several "
+                         "processes on one --out share its cells)")
     if args.dry_run:  # streamed: a huge grid prints as it expands, never held whole
         print_cells(args.file, out, spec.iter_cells(out=out))
         return 0

@@ -25,7 +25,7 @@ FAILED_SUMMARY = "summary.failed-{n}.json"  # a failed attempt's summary, set as
 # RunConfig gained after the run was made from its default, which that run used.
 SUMMARY_CONFIG_KEYS = ("optimizer", "epochs", "batch_size", "lr", "momentum", "weight_decay", "nesterov",
                        "label_smoothing", "schedule", "warmup_epochs", "lr_milestones", "lr_gamma", "bn_update",
-                       "train_subset", "label_noise", "augment")
+                       "train_subset", "label_noise", "augment", "val_size", "val_split_seed")
 
 # --- beside it, from the flatness commands (analysis.flatness)
 HESSIAN = "hessian.json"  # λ_max and trace of the final model
@@ -42,6 +42,11 @@ RESULTS = "results.csv"  # one flat row per run directory (bench.results), rebui
 GRID_DIR = ".grid"  # a grid's bookkeeping: locks, cell configs
 RESULTS_LOCK = "results.lock"  # inside GRID_DIR: serialises rebuilds of results.csv
 REPORT = "REPORT.md"
+# --- a tuned results folder (safbench tune, bench.tune_cli)
+TRIALS_DIR = "trials"  # the tuning trials' run directories (reported through tuning.csv, not as runs)
+TUNING_DESIGN = "design.json"  # inside TRIALS_DIR: the design the trials were made from
+TUNING = "tuning.csv"  # one row per trial and tuning seed: validation numbers and training time
+SELECTED = "selected.json"  # per method: the chosen setting, its mean validation accuracy, the rule
 NOTES = "NOTES.md"  # hand-written conclusions kept beside a results folder's runs, quoted by the report
 TABLES_DIR = "tables"
 FIGURES_DIR = "figures"
@@ -84,6 +89,8 @@ class MetricsRow(TypedDict, total=False):
     train_acc: float
     test_loss: float
     test_acc: float
+    val_loss: float  # --val-size: on the held-out training images (bench.data.split)
+    val_acc: float
     lr: float
     epoch_time_s: float  # the epoch's training steps, evaluation excluded
     images_per_s: float
@@ -130,6 +137,11 @@ class Summary(Provenance, total=False):
     final_train_acc: float | None
     final_sharpness: float | None
     final_adaptive_sharpness: float | None
+    # --val-size: the read-outs chosen on validation data (bench.run.val_readout); None without a split
+    final_val_acc: float | None
+    best_val_acc: float | None
+    val_best_epoch: int | None  # 0-based epoch of the highest validation accuracy, ties to the earlier
+    test_acc_at_val_best: float | None
     images_per_s: float | None  # median over the epochs after the first
     images_per_s_warmup: float | None  # the first epoch's
     train_time_s: float
@@ -159,6 +171,8 @@ class Summary(Provenance, total=False):
     train_subset: int | None
     label_noise: float
     augment: bool
+    val_size: int
+    val_split_seed: int
 
 
 class HessianRecord(Provenance, total=False):

@@ -18,6 +18,7 @@ import resource
 import statistics
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,7 @@ class Run:
             download=self.config.download, rank=self.info.rank, world_size=self.info.world_size,
             num_workers=self.config.num_workers, eval_batch_size=self.config.eval_batch_size,
             channels_last=self.config.channels_last, label_noise=self.config.label_noise,
+            val_size=self.config.val_size, val_split_seed=self.config.val_split_seed,
             **({} if self.config.augment else {"augment": False}))
         torch.manual_seed(self.config.seed)  # identical initial weights on every rank and every resume
         net = create_model(self.config.model, num_classes=self.data.num_classes, in_chans=self.data.in_chans,
@@ -155,6 +157,7 @@ class Run:
         fixed = create_data(self.config.dataset, root=self.config.data_root, batch_size=self.config.batch_size,
                             device=self.device, seed=0, train_subset=self.config.train_subset, num_workers=0,
                             channels_last=self.config.channels_last, label_noise=self.config.label_noise,
+                            val_size=self.config.val_size, val_split_seed=self.config.val_split_seed,
                             augment=False)
         batches, seen = [], 0
         for _, inputs, targets in fixed.train_batches(0):
@@ -338,10 +341,12 @@ class Run:
         seen = torch.tensor(float(loop.seen), device=self.device, dtype=torch.float64)
         totals = all_reduce_sum(torch.stack([loop.loss_sum.double(), loop.correct.double(), seen]), self.info)
         train_loss, train_correct, train_seen = totals.tolist()
-        test_loss, test_acc = self.evaluate()
+        test_loss, test_acc = self.evaluate(self.data.test_batches())
+        val = dict(zip(("val_loss", "val_acc"), self.evaluate(self.data.val_batches()), strict=True)) \
+            if self.config.val_size else {}
         self.elapsed_s += time.perf_counter() - wall_start
         row = {"epoch": epoch, "train_loss": train_loss / train_seen, "train_acc": train_correct / train_seen,
-               "test_loss": test_loss, "test_acc": test_acc, "lr": self.optimizer.param_groups[0]["lr"],
+               "test_loss": test_loss, "test_acc": test_acc, **val, "lr": self.optimizer.param_groups[0]["lr"],
                "epoch_time_s": train_time, "images_per_s": train_seen / train_time,
                "peak_mem_bytes": _peak_mem_bytes(self.device), "host_rss_bytes": _host_rss_bytes(),
                "data_resident_bytes": self.data.resident_bytes}
@@ -357,12 +362,13 @@ class Run:
         return row
 
     @torch.no_grad()
-    def evaluate(self) -> tuple[float, float]:
+    def evaluate(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float]:
+        """(mean loss, accuracy) over `batches`, this rank's share, summed over ranks."""
         self.model.eval()
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         count = 0
-        for inputs, targets in self.data.test_batches():
+        for inputs, targets in batches:
             with self.method.autocast():
                 logits = self.net(inputs)
             loss_sum += torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum").double()
@@ -406,6 +412,7 @@ class Run:
             "final_train_acc": finite[-1]["train_acc"] if finite else None,
             "final_sharpness": finite[-1].get("sharpness") if finite else None,
             "final_adaptive_sharpness": finite[-1].get("adaptive_sharpness") if finite else None,
+            **val_readout(finite),
             "images_per_s": statistics.median(speeds) if speeds else None,
             "images_per_s_warmup": rows[0]["images_per_s"] if rows else None,
             "train_time_s": sum(r["epoch_time_s"] for r in rows),
@@ -420,6 +427,17 @@ class Run:
         if self.info.is_main:
             write_summary(self.run_dir, summary)
         return summary
+
+
+def val_readout(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The validation read-outs of a run's finite epochs: the last epoch's validation accuracy, the epoch of the
+    highest (ties to the earlier) and the test accuracy there. Chosen on validation numbers alone."""
+    scored = [r for r in rows if r.get("val_acc") is not None]
+    if not scored:
+        return {"final_val_acc": None, "best_val_acc": None, "val_best_epoch": None, "test_acc_at_val_best": None}
+    best = max(scored, key=lambda r: (r["val_acc"], -r["epoch"]))
+    return {"final_val_acc": scored[-1]["val_acc"], "best_val_acc": best["val_acc"],
+            "val_best_epoch": int(best["epoch"]), "test_acc_at_val_best": best["test_acc"]}
 
 
 def run(config: RunConfig, *, resume: bool = False, command: str | None = None,

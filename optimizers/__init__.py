@@ -26,7 +26,7 @@ from .registry import (
 from .saf import SAF
 from .sam import SAM
 from .sgd import SGD
-from .spec import HParam, MethodSpec, method_seed
+from .spec import HParam, MethodSpec, Search, method_seed
 
 for _cls in (SGD, SAM, ESAM, SAF, MESA, GSAM, LookSAM):
     register_method(_cls)
@@ -34,5 +34,5 @@ for _cls in (SGD, SAM, ESAM, SAF, MESA, GSAM, LookSAM):
 METHODS: tuple[str, ...] = methods()  # the built-in methods; `methods()` also lists ones registered later
 
 __all__ = ["BN_UPDATES", "ESAM", "GSAM", "MESA", "METHODS", "PRECISIONS", "SAF", "SAM", "SGD", "HParam", "LookSAM",
-           "Method", "MethodSpec", "StepOutput", "all_hparams", "create", "method_class", "method_hparams",
+           "Method", "MethodSpec", "Search", "StepOutput", "all_hparams", "create", "method_class", "method_hparams",
            "method_seed", "method_spec", "methods", "register_method", "unregister_method", "unwrap"]

@@ -20,18 +20,20 @@ from torch import Tensor, nn
 
 from .base import StepOutput
 from .sam import _EPS, SAM, global_dot, global_norm
-from .spec import HParam, MethodSpec, check_range
+from .spec import HParam, MethodSpec, Search, check_range
 
 SPEC = MethodSpec(
     name="gsam", paper="Zhuang et al., ICLR 2022", passes=2.0, needs_lr_range=True,
     summary="SAM at a radius following the lr (rho_min..rho); steps with g_p - alpha g_perp, g_perp the clean "
             "gradient's part orthogonal to the perturbed one (per worker under DDP, then averaged)",
     hparams=(HParam("rho", float, 0.04, "perturbation radius: GSAM's rho_max, reached at the schedule's peak lr",
-                    source="GSAM paper, ResNet-50/101 on ImageNet (ViT-S/32: 0.6)", low=0.0),
+                    source="GSAM paper, ResNet-50/101 on ImageNet (ViT-S/32: 0.6)", low=0.0,
+                    search=Search(0.01, 0.5, scale="log")),
              HParam("rho_min", float, 0.02, "GSAM's radius at the schedule's lowest lr",
                     source="GSAM paper, ResNet-50/101 on ImageNet (ViT-S/32: 0.0)", low=0.0),
              HParam("alpha", float, 0.01, "weight alpha of the orthogonal/reused gradient component (GSAM: of g_perp)",
-                    source="GSAM paper, ResNet-50/101 on ImageNet (ViT-S/32: 0.4)", low=0.0)))
+                    source="GSAM paper, ResNet-50/101 on ImageNet (ViT-S/32: 0.4)", low=0.0,
+                    search=Search(0.01, 0.5, scale="log"))))
 
 
 class GSAM(SAM):

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from .base import StepOutput
 from .sam import _EPS, RHO, SAM, global_dot, global_norm
-from .spec import HParam, MethodSpec
+from .spec import HParam, MethodSpec, Search
 
 K = 5
 SPEC = MethodSpec(
@@ -32,7 +32,7 @@ SPEC = MethodSpec(
              HParam("k", int, K, "LookSAM: the perturbed gradient is computed every k-th step (k = 1 is SAM)",
                     source="LookSAM paper (Liu et al. 2022), default k = 5", low=1),
              HParam("alpha", float, 0.7, "weight alpha of the orthogonal/reused gradient component (LookSAM: of g_v)",
-                    source="LookSAM paper (Liu et al. 2022)", low=0.0)))
+                    source="LookSAM paper (Liu et al. 2022)", low=0.0, search=Search(0.1, 1.0))))
 
 
 class LookSAM(SAM):

@@ -16,17 +16,18 @@ from torch import Tensor, nn
 
 from .base import Method, unwrap
 from .saf import E_START, TAU
-from .spec import HParam, MethodSpec
+from .spec import HParam, MethodSpec, Search
 from .trajectory import trajectory_loss
 
 SPEC = MethodSpec(
     name="mesa", paper="Du et al., NeurIPS 2022, Sec. 4.3", passes=1.0 + 1.0 / 3.0,  # + a no-grad EMA forward
     summary="the same loss with z_old from an EMA copy of the model",
     hparams=(HParam("lam", float, 0.8, "weight lambda of the trajectory loss", source="SAF paper, Sec. 5 (MESA)",
-                    low=0.0),
+                    low=0.0, search=Search(0.1, 2.0, scale="log")),
              TAU, E_START,
              HParam("ema_decay", float, 0.9998, "decay d of the EMA teacher, ema = d ema + (1 - d) w",
-                    source="official MESA code (CIFAR, 200 epochs)", low=0.0, high=1.0, high_open=True)),
+                    source="official MESA code (CIFAR, 200 epochs)", low=0.0, high=1.0, high_open=True,
+                    search=Search(0.9, 0.9998, scale="log1m"))),
     active_from=lambda hp: int(hp["e_start"]))
 
 

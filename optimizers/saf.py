@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import Method
-from .spec import HParam, MethodSpec
+from .spec import HParam, MethodSpec, Search
 from .store import LogitStore
 from .trajectory import trajectory_loss
 
@@ -35,16 +35,16 @@ TAU = HParam("tau", float, 5.0, "temperature tau of the trajectory loss's softma
              source="SAF paper, Sec. 5 (all experiments)", low=0.0, low_open=True)
 E_START = HParam("e_start", int, 5, "first epoch (0-based) of the trajectory loss: the paper's 1-based "
                  "e > E_start; the official code's --kl_start_epoch k is e_start = k + 1",
-                 source="SAF paper, Sec. 5 (CIFAR)", low=0)
+                 source="SAF paper, Sec. 5 (CIFAR)", low=0, search=Search(1, 10))
 SPEC = MethodSpec(
     name="saf", paper="Du et al., NeurIPS 2022", needs_indices=True,
     summary="CE + lam tau^2 KL(softmax(z_old/tau) ‖ softmax(z/tau)), z_old = the sample's own logits from e_tilde "
             "epochs ago, from a per-sample store on the device, sharded and consistent under DDP",
     hparams=(HParam("lam", float, 0.3, "weight lambda of the trajectory loss", source="SAF paper, Sec. 5 (CIFAR)",
-                    low=0.0),
+                    low=0.0, search=Search(0.05, 1.0, scale="log")),
              TAU,
              HParam("e_tilde", int, 3, "E~: the store returns each sample's logits from this many epochs ago",
-                    source="SAF paper, Sec. 5 (CIFAR)", low=1),
+                    source="SAF paper, Sec. 5 (CIFAR)", low=1, search=Search(1, 5)),
              E_START,
              HParam("store_dtype", str, DEFAULT_STORE_DTYPE, "dtype of the per-sample logit store",
                     source="ours: fp16 changes the loss by < 1e-3 relative (safbench overhead --store-report)",

@@ -17,12 +17,13 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .base import Method, StepOutput
-from .spec import HParam, MethodSpec
+from .spec import HParam, MethodSpec, Search
 
 _EPS = 1e-12
 
 RHO = HParam("rho", float, 0.05, "perturbation radius rho of the ascent step e = rho g/||g||",
-             source="SAM paper (Foret et al. 2021), CIFAR-10 WRN/ResNet; SAF paper Sec. 5", low=0.0)
+             source="SAM paper (Foret et al. 2021), CIFAR-10 WRN/ResNet; SAF paper Sec. 5", low=0.0,
+             search=Search(0.01, 0.5, scale="log"))  # the SAM paper's own grid: {0.01, 0.02, 0.05, 0.1, 0.2, 0.5}
 ADAPTIVE = HParam("adaptive", bool, False, "ASAM: scale the ascent by |w| (then use rho ~ 0.5-2)",
                   source="SAM's default (non-adaptive)")
 

@@ -23,6 +23,29 @@ def check_range(name: str, value: float, low: float, high: float, *, low_open: b
         raise ValueError(f"{name}={value!r} is invalid: allowed values lie in {interval}")
 
 
+SCALES = ("linear", "log", "log1m")
+
+
+@dataclass(frozen=True)
+class Search:
+    """Where a hyperparameter is worth tuning: the range [low, high] and the scale that a design is uniform in
+    (`log`: in log x, for radii and weights; `log1m`: in log(1 - x), for decays near 1)."""
+
+    low: float
+    high: float
+    scale: str = "linear"
+
+    def value(self, u: float, kind: type) -> Any:
+        """The point at fraction u in [0, 1) of the range (integers: each of low..high equally likely)."""
+        if kind is int:
+            return int(min(self.high, self.low + int(u * (self.high - self.low + 1))))
+        if self.scale == "log":
+            return float(self.low * (self.high / self.low) ** u)
+        if self.scale == "log1m":
+            return float(1 - (1 - self.low) * ((1 - self.high) / (1 - self.low)) ** u)
+        return float(self.low + u * (self.high - self.low))
+
+
 @dataclass(frozen=True)
 class HParam:
     """One hyperparameter: type, default (with where it comes from), allowed values and a one-line help."""
@@ -40,6 +63,7 @@ class HParam:
     # Added to a method after runs of it were made: names a run (joins its config hash) only when set away
     # from the default, so that those runs keep their names.
     added_later: bool = False
+    search: Search | None = None  # worth tuning, over this range (bench.tuning); None: fixed by its paper
 
     def check(self, value: Any) -> Any:
         """The value as this type, or ValueError naming the value and what is allowed."""
@@ -108,6 +132,11 @@ class MethodSpec:
     @property
     def defaults(self) -> dict[str, Any]:
         return {h.name: h.default for h in self.hparams}
+
+    @property
+    def tunable(self) -> tuple[HParam, ...]:
+        """The hyperparameters worth tuning (those with a search range), in declaration order."""
+        return tuple(h for h in self.hparams if h.search is not None)
 
     def hparam(self, name: str) -> HParam:
         for h in self.hparams:

@@ -20,7 +20,7 @@ from bench.records import FIGURES_DIR, NOTES, REPORT, TABLES_DIR
 from . import claims
 from .aggregate import METHOD_ORDER, aggregate, prepare
 from .cost import time_to_target_tables
-from .figures import FigureFile, make_figures, save_overhead_figure, save_sharpness_figure
+from .figures import FigureFile, make_figures, save_figure, save_overhead_figure, save_sharpness_figure
 from .format import MISSING, TableFile, relative, render_markdown, shown_path, slug, write_table
 from .load import OVERHEAD_DIR, REFERENCE_CSV, load_reference, load_rows, read_notes
 from .overhead import commands as overhead_commands
@@ -29,6 +29,7 @@ from .overhead import provenance_lines as overhead_provenance
 from .overhead_tables import build_overhead_tables
 from .run_files import landscape_commands
 from .tables import CELLS_CSV, RUNS_CSV, build_tables, runs_overview, tables_without_ours
+from .tuning import find_tuned, plot_tuning, run_settings, tuning_tables
 
 PROVENANCE_COLUMNS = ("git_commit", "torch_version", "python_version", "torchvision_version", "timm_version",
                       "device_name")
@@ -88,14 +89,14 @@ def report_markdown(report_dir: Path, rows: pd.DataFrame, tables: Sequence[Table
                     figures: Sequence[FigureFile], regenerate: str, reference: str,
                     conclusions: Sequence[tuple[str, str]] = (), cost: CostSection | None = None,
                     skipped: Sequence[str] = (), claim_tables: Sequence[TableFile] = (),
-                    damaged: Sequence[DamagedFile] = ()) -> str:
+                    damaged: Sequence[DamagedFile] = (), tuning: Sequence[TableFile] = ()) -> str:
     """REPORT.md, top-down: what was measured (the runs, their tables), conclusions, the claims judged, cost,
     flatness, the paper's tables (only rows with a run of ours), then how to regenerate and the provenance."""
     status = rows["status"].value_counts()
     by_kind = {k: [t for t in tables if t.kind == k] for k in ("dataset", "cost", "paper")}
     other = [t for t in tables if t.kind not in by_kind]
-    section = {"cost": [f for f in figures if f.section == "cost"]}
-    section["flatness"] = [f for f in figures if f not in section["cost"]]
+    section = {s: [f for f in figures if f.section == s] for s in ("cost", "tuning")}
+    section["flatness"] = [f for f in figures if f.section not in ("cost", "tuning")]
     parts = [
         "# safbench report\n",
         f"Generated from {len(rows)} stored runs ({', '.join(f'{n} {s}' for s, n in status.items())}) in "
@@ -126,6 +127,16 @@ def report_markdown(report_dir: Path, rows: pd.DataFrame, tables: Sequence[Table
                      f"{claims.NOT_REPRODUCED} when wholly on the other, {claims.INCONCLUSIVE} otherwise.\n")
         for t in claim_tables:
             parts.append(_table_markdown(t, report_dir))
+    if tuning:
+        parts.append("## Tuning\n")
+        parts.append("Every method of a tuned folder got the same number of trials (its defaults as trial 0, then the "
+                     "same points of one seeded design), chosen on validation data alone by the rule under each "
+                     "table (`bench/tuning.py`), then run at its choice and at its defaults on fresh seeds that took "
+                     "no part in the choice (rows `tuned` and `default` above).\n")
+        for t in tuning:
+            parts.append(_table_markdown(t, report_dir))
+        for f in section["tuning"]:
+            parts.append(_figure_markdown(f, report_dir))
     if by_kind["cost"] or cost is not None or section["cost"]:
         parts.append("## Cost\n")
         for t in by_kind["cost"]:
@@ -191,6 +202,9 @@ def build_report(results: str | Path = "results", out: str | Path | None = None,
     reference_frame = load_reference(ref_path)
     damaged: list[DamagedFile] = []
     rows = prepare(load_rows(results, damaged), reference_frame)
+    tuned = find_tuned(results, lambda folder: (Path(results.name) / folder.relative_to(results)).as_posix())
+    named = run_settings(rows, tuned)  # a tuned folder's fresh-seed runs: tuned, default, or both
+    rows.loc[named.notna(), "setting"] = named[named.notna()]
     cost_folder = Path(overhead) if overhead is not None else results / OVERHEAD_DIR
     found = load_overhead(cost_folder) if overhead is not None or cost_folder.is_dir() else {}
     io.check_writable(out)
@@ -207,9 +221,17 @@ def build_report(results: str | Path = "results", out: str | Path | None = None,
         frame = claims.claims_frame(claims.claims_table(labelled, steps=found.get("steps")))
         claim_tables.append(write_table(out, f"claims_{slug(grid)}", f"Claims judged on `{grid}`", frame,
                                         claims.format_claims(frame)))
+    tuning_files = [table for t in tuned for table in tuning_tables(t, out)]
     made: list[FigureFile] = []
     if figures:
         made = make_figures(rows, agg, out / FIGURES_DIR)
+        for t in tuned:
+            png, pdf = save_figure(plot_tuning(t), out / FIGURES_DIR / f"tuning_{slug(t.shown)}")
+            made.append(FigureFile(f"Validation accuracy against each tuned hyperparameter ({t.shown})",
+                                   "Each trial's validation accuracy at the final epoch: dots per tuning seed, "
+                                   "circles their mean; the star marks the defaults (trial 0), the ring the choice. "
+                                   "The panels of SAF's lam and e_tilde are the paper's own ablations, on this "
+                                   "workload.", png, pdf, section="tuning"))
         for grid, labelled in claim_folders.items():
             figure = save_sharpness_figure(labelled, grid, out / FIGURES_DIR, METHOD_ORDER)
             if figure is not None:
@@ -223,5 +245,6 @@ def build_report(results: str | Path = "results", out: str | Path | None = None,
     path = out / REPORT
     io.write_text(path, report_markdown(out, rows, tables, made, regenerate, shown_path(ref_path),
                                         read_notes(results), cost, tables_without_ours(agg, reference_frame),
-                                        claim_tables, damaged))
-    return Report(out, path, tables + claim_tables + (cost.tables if cost else []), made, rows, damaged)
+                                        claim_tables, damaged, tuning_files))
+    return Report(out, path, tables + claim_tables + tuning_files + (cost.tables if cost else []), made, rows,
+                  damaged)

@@ -18,7 +18,7 @@ import pandas as pd
 
 from bench.damage import DamagedFile
 from bench.errors import UsageError
-from bench.records import CONFIG, FIGURES_DIR, GRID_DIR, METRICS, NOTES, RESULTS, SUMMARY, TABLES_DIR
+from bench.records import CONFIG, FIGURES_DIR, GRID_DIR, METRICS, NOTES, RESULTS, SUMMARY, TABLES_DIR, TRIALS_DIR
 from bench.results import collect_results
 
 from .format import relative
@@ -29,8 +29,9 @@ REFERENCE_COLUMNS = ("source", "table", "dataset", "model", "method", "top1_acc"
                      "images_per_s", "throughput_vs_base", "notes")
 PAPER_SOURCE = "SAF"  # reference rows whose source starts with this are the paper's own tables
 OVERHEAD_DIR = "overhead"  # where `safbench overhead` writes its CSVs inside a results folder
-# "pilots": exploratory runs kept beside a results folder, reported on their own (safbench report --results .../pilots)
-_SKIP_DIRS = {TABLES_DIR, FIGURES_DIR, OVERHEAD_DIR, "reference", GRID_DIR, "__pycache__", "pilots"}
+# "pilots": exploratory runs kept beside a results folder, reported on their own (safbench report --results .../pilots);
+# tuning trials are reported through their folder's tuning.csv (bench.tune_cli), not as runs
+_SKIP_DIRS = {TABLES_DIR, FIGURES_DIR, OVERHEAD_DIR, "reference", GRID_DIR, "__pycache__", "pilots", TRIALS_DIR}
 
 
 def find_result_folders(root: str | Path) -> list[Path]:

@@ -38,6 +38,8 @@ class LoaderOptions:
     eval_batch_size: int | None = None
     channels_last: bool = False
     label_noise: float = 0.0
+    val_size: int = 0  # training images held out as a validation set (bench.data.split)
+    val_split_seed: int = 0
 
     @property
     def test_batch_size(self) -> int:
@@ -51,6 +53,8 @@ class LoaderOptions:
         need = self.batch_size * self.world_size
         if n < need:
             what = f"train_subset={n}" if self.train_subset is not None else f"{name} has only {n} samples,"
+            if self.val_size:
+                what += f" (after holding out val_size={self.val_size})"
             raise UsageError(
                 f"{what} fewer than batch_size*world_size={self.batch_size}*{self.world_size}={need}; "
                 "use a smaller batch or more samples"

@@ -71,6 +71,8 @@ def create_data(
     eval_batch_size: int | None = None,
     channels_last: bool = False,
     label_noise: float = 0.0,
+    val_size: int = 0,
+    val_split_seed: int = 0,
     **kwargs: Any,
 ) -> Data:
     """Build dataset `name` for one rank; extra kwargs go to that dataset (e.g. synthetic's `shape`)."""
@@ -89,6 +91,9 @@ def create_data(
         raise UsageError(f"train_subset must be >= 1, got {train_subset}")
     if not 0 <= label_noise < 1:
         raise UsageError(f"label_noise={label_noise} is invalid: allowed values lie in [0, 1)")
+    if val_size < 0 or val_split_seed < 0:
+        raise UsageError(f"val_size={val_size}, val_split_seed={val_split_seed} are invalid: allowed values are "
+                         "integers >= 0")
     if num_workers < 0:
         raise UsageError(f"num_workers must be >= 0, got {num_workers}")
     try:
@@ -109,8 +114,12 @@ def create_data(
         eval_batch_size=eval_batch_size,
         channels_last=channels_last,
         label_noise=label_noise,
+        val_size=val_size,
+        val_split_seed=val_split_seed,
     )
     data = factory(opts, **kwargs)
     if label_noise > 0 and not hasattr(data, "label_noise_flipped"):
         raise UsageError(f"label_noise is supported for the datasets held in memory, not {name!r}")
+    if val_size > 0 and not hasattr(data, "val_batches"):
+        raise UsageError(f"val_size is supported for the datasets held in memory, not {name!r}")
     return data

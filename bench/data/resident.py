@@ -15,6 +15,7 @@ import torch
 from bench.data.augment import Normalize, crop_flip
 from bench.data.base import LoaderOptions
 from bench.data.sampling import epoch_generator, shard, steps_per_epoch
+from bench.data.split import validation_split
 
 LABEL_NOISE_SEED = 0  # one noisy training set for every seed and method, so runs stay paired by seed
 
@@ -55,6 +56,9 @@ class ResidentData:
     opts: LoaderOptions
     augmentation: Augmentation | None = Augmentation()
     label_noise_flipped: int = 0  # training labels changed by symmetric label noise
+    # Held-out training images (bench.data.split), labelled as the training images are: noisy under label noise.
+    val_images: torch.Tensor | None = None
+    val_targets: torch.Tensor | None = None
     _normalize: Normalize = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -71,10 +75,14 @@ class ResidentData:
         opts: LoaderOptions,
         augmentation: Augmentation | None,
     ) -> ResidentData:
-        """Keep the first `train_subset` training samples and move everything to the device once."""
-        n = opts.subset_size(name, len(train[0]))
+        """Keep the first `train_subset` training samples (after holding out `val_size` for validation) and
+        move everything to the device once."""
+        keep, held = validation_split(len(train[0]), opts.train_subset, opts.val_size, opts.val_split_seed)
+        n = opts.subset_size(name, len(keep))  # the first n candidates train
         clean = np.asarray(train[1])
+        # Drawn over the whole training set, keyed by index: validation labels are as noisy as training labels.
         labels = symmetric_label_noise(clean, num_classes, opts.label_noise) if opts.label_noise > 0 else clean
+        keep = keep[:n]
 
         def put(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
             # Copy so a subset does not keep the full host array alive through a shared view.
@@ -82,8 +90,8 @@ class ResidentData:
 
         return cls(
             name=name,
-            train_images=put(train[0][:n], torch.uint8),
-            train_targets=put(labels[:n], torch.int64),
+            train_images=put(train[0][keep], torch.uint8),
+            train_targets=put(labels[keep], torch.int64),
             test_images=put(test[0], torch.uint8),
             test_targets=put(test[1], torch.int64),
             num_classes=num_classes,
@@ -91,7 +99,9 @@ class ResidentData:
             std=mean_std[1],
             opts=opts,
             augmentation=augmentation,
-            label_noise_flipped=int((labels[:n] != clean[:n]).sum()),
+            label_noise_flipped=int((labels[keep] != clean[keep]).sum()),
+            val_images=put(train[0][held], torch.uint8) if len(held) else None,
+            val_targets=put(labels[held], torch.int64) if len(held) else None,
         )
 
     @property
@@ -112,8 +122,9 @@ class ResidentData:
 
     @property
     def resident_bytes(self) -> int:
-        tensors = (self.train_images, self.train_targets, self.test_images, self.test_targets)
-        return sum(t.numel() * t.element_size() for t in tensors)
+        tensors = (self.train_images, self.train_targets, self.test_images, self.test_targets, self.val_images,
+                   self.val_targets)
+        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
     def epoch_plan(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(this rank's batches (steps, B), crop offsets (N, 2), flips (N,)) for `epoch`, on the device.
@@ -142,7 +153,16 @@ class ResidentData:
             yield idx, self._normalize(x, self.opts.channels_last), self.train_targets[idx]
 
     def test_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self._eval_batches(self.test_images, self.test_targets)
+
+    def val_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's share of the validation images, in order, like `test_batches` (none without a split)."""
+        if self.val_images is None or self.val_targets is None:
+            return iter(())
+        return self._eval_batches(self.val_images, self.val_targets)
+
+    def _eval_batches(self, images: torch.Tensor, targets: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         bs, share = self.opts.test_batch_size, slice(self.opts.rank, None, self.opts.world_size)
-        images, targets = self.test_images[share], self.test_targets[share]  # strided views, no copy
+        images, targets = images[share], targets[share]  # strided views, no copy
         for start in range(0, images.shape[0], bs):
             yield self._normalize(images[start : start + bs], self.opts.channels_last), targets[start : start + bs]
