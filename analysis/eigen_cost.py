@@ -47,13 +47,16 @@ def trial(model: Any, batches: list, reference: list[float], *, k: int, algorith
 
 
 def measure_run(run_dir: Path, samples: int, ncvs: list[int | None], ks: list[int], power_tols: list[float],
-                lanczos_tols: list[float]) -> list[dict[str, Any]]:
+                lanczos_tols: list[float], with_reference: bool = True) -> list[dict[str, Any]]:
+    """Trials of one run's model; without the reference (another process's part) errors are left to --merge."""
     config, model, batches = load_run(run_dir, torch.device("cpu"), samples)
-    # Residuals of 1e-5 of each Ritz value: near the float32 products' own noise, and an eigenvalue error far
-    # below it (of the order of the squared residual over the gap).
-    ref = top_eigenvalues(model, batches, k=6, tol=1e-5, ncv=40, max_iter=300)
-    reference = ref.eigenvalues
-    print(f"{run_dir.name}: reference {[round(v, 4) for v in reference]} ({ref.hvps} products)", flush=True)
+    reference, ref_hvps = [float("nan")] * 6, 0
+    if with_reference:
+        # Residuals of 1e-5 of each Ritz value: near the float32 products' own noise, and an eigenvalue error
+        # far below it (of the order of the squared residual over the gap).
+        ref = top_eigenvalues(model, batches, k=6, tol=1e-5, ncv=40, max_iter=300)
+        reference, ref_hvps = ref.eigenvalues, ref.hvps
+        print(f"{run_dir.name}: reference {[round(v, 4) for v in reference]} ({ref.hvps} products)", flush=True)
     plans = [("power", tol, None, 1000) for tol in power_tols]
     plans += [("lanczos", tol, ncv, 1000) for tol in lanczos_tols for ncv in ncvs]
     # Interleaved (power, lanczos, power, ...) so that a change in the machine's load hits both alike.
@@ -61,16 +64,42 @@ def measure_run(run_dir: Path, samples: int, ncvs: list[int | None], ks: list[in
     order = [p for pair in zip(power, lanczos, strict=False) for p in pair]
     order += power[len(lanczos):] + lanczos[len(power):]
     rows = []
+    if with_reference and not ks:  # the reference alone, as its own part
+        rows.append({"k": 0, "algorithm": "reference", "tol": 1e-5, "ncv": 40, "max_iter": 300, "hvps": ref_hvps,
+                     "seconds": float("nan"), "max_rel_error": 0.0,
+                     "eigenvalues": " ".join(f"{v:.8g}" for v in reference),
+                     "run_dir": run_dir.name, "model": config.model, "method": config.method,
+                     "epoch": model.checkpoint_epoch, "samples": sum(len(t) for _, t in batches),
+                     "reference": " ".join(f"{v:.8g}" for v in reference[:3]), "reference_hvps": ref_hvps})
     for k in ks:
         for algorithm, tol, ncv, max_iter in order:
             row = trial(model, batches, reference, k=k, algorithm=algorithm, tol=tol, ncv=ncv, max_iter=max_iter)
             row.update(run_dir=run_dir.name, model=config.model, method=config.method, epoch=model.checkpoint_epoch,
                        samples=sum(len(t) for _, t in batches), num_params=sum(p.numel() for p in model.parameters()),
-                       reference=" ".join(f"{v:.8g}" for v in reference[:3]), reference_hvps=ref.hvps)
+                       reference=" ".join(f"{v:.8g}" for v in reference[:3]), reference_hvps=ref_hvps)
             print(f"  k={k} {algorithm:8s} tol={tol:g} ncv={ncv}: {row['hvps']} products, "
                   f"{row['seconds']:.1f} s, error {row['max_rel_error']:.2e}", flush=True)
             rows.append(row)
     return rows
+
+
+def with_errors(trials: pd.DataFrame) -> pd.DataFrame:
+    """Each trial's error against its model's reference, from whichever part computed it."""
+    refs = trials[trials["reference"].notna() & ~trials["reference"].astype(str).str.contains("nan")]
+    reference = {m: [float(v) for v in r.split()] for m, r in zip(refs["run_dir"], refs["reference"], strict=True)}
+    missing = sorted(set(trials["run_dir"]) - reference.keys())
+    if missing:
+        raise SystemExit(f"no part holds the reference of {', '.join(missing)}")
+
+    def error(row: pd.Series) -> float:
+        found = sorted((float(v) for v in str(row["eigenvalues"]).split()), reverse=True)[:int(row["k"])]
+        ref = reference[row["run_dir"]]
+        return max((abs(v - r) / abs(r) for v, r in zip(found, ref, strict=False)), default=0.0)
+
+    trials = trials[trials["algorithm"] != "reference"].copy()
+    trials["reference"] = trials["run_dir"].map(lambda d: " ".join(f"{v:.8g}" for v in reference[d]))
+    trials["max_rel_error"] = trials.apply(error, axis=1)
+    return trials
 
 
 def table(trials: pd.DataFrame, accuracy: float) -> str:
@@ -95,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis.eigen_cost", description=__doc__.split("\n")[0])
     parser.add_argument("run_dirs", nargs="*", type=Path)
     parser.add_argument("--samples", type=int, default=256)
-    parser.add_argument("--k", type=int, nargs="+", default=[1, 3])
+    parser.add_argument("--k", type=int, nargs="*", default=[1, 3], help="none: the reference alone")
+    parser.add_argument("--no-reference", action="store_true", help="a part whose errors --merge computes")
     parser.add_argument("--power-tols", type=float, nargs="*", default=list(POWER_TOLS))
     parser.add_argument("--lanczos-tols", type=float, nargs="*", default=list(LANCZOS_TOLS))
     parser.add_argument("--ncv", type=int, nargs="*", default=[], help="Lanczos vector counts beyond the default")
@@ -108,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join(["python", "-m", "analysis.eigen_cost", *(sys.argv[1:] if argv is None else argv)])
     args.out.mkdir(parents=True, exist_ok=True)
     if args.merge:
-        trials = pd.concat([pd.read_csv(d / "trials.csv") for d in args.merge], ignore_index=True)
+        trials = with_errors(pd.concat([pd.read_csv(d / "trials.csv") for d in args.merge], ignore_index=True))
         trials = trials.sort_values(["model", "k", "algorithm", "tol"], kind="stable")
         commits = ", ".join(sorted(set(trials["git_commit"].astype(str))))
         device = trials["device_name"].iloc[0]
@@ -122,10 +152,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     stamp = provenance(torch.device("cpu"), command)  # at the start: the commit of the code that runs
     rows = [r for d in args.run_dirs for r in measure_run(d, args.samples, [None, *args.ncv], args.k,
-                                                          args.power_tols, args.lanczos_tols)]
+                                                          args.power_tols, args.lanczos_tols,
+                                                          not args.no_reference)]
     trials = pd.DataFrame([{**r, **stamp, "torch_threads": torch.get_num_threads()} for r in rows])
     io.write_csv(args.out / "trials.csv", trials)
-    print(table(trials, args.accuracy))
+    print(trials.drop(columns=list(stamp)).to_string())
     return 0
 
 

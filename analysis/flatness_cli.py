@@ -32,7 +32,8 @@ def _hessian(args: argparse.Namespace) -> int:
                                 bn_mode=args.bn_mode, device=args.device, algorithm=args.algorithm,
                                 command=args.invocation, allow_unfinished=args.allow_unfinished)
         top = [round(v, 4) for v in s["top_eigenvalues"]]
-        trace = "no trace" if s["trace"] is None else f"trace {s['trace']:.4g} ± {s['trace_stderr'] or float('nan'):.2g}"
+        trace = ("no trace" if s["trace"] is None
+                 else f"trace {s['trace']:.4g} ± {s['trace_stderr'] or float('nan'):.2g}")
         print(f"{run_dir}: lambda_max {s['lambda_max']:.4g}, top-{args.k} {top}, {trace} "
               f"({s['algorithm']}, {s['hvps']} Hessian-vector products, {s['num_examples']} images, "
               f"{s['seconds']:.0f} s)")

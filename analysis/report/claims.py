@@ -191,7 +191,8 @@ def claims_table(rows: pd.DataFrame, *, base: str = "sgd", sam: str = "sam", saf
     for column, name in (("final_sharpness", "final-epoch SAM sharpness"), ("lambda_max", "λ_max"),
                          ("hessian_trace", "Hessian trace"),
                          ("final_adaptive_sharpness", "final-epoch adaptive (ASAM) sharpness"),
-                         ("lambda_max_true_labels", "λ_max, true labels"), ("lambda_max_flipped", "λ_max, flipped images")):
+                         ("lambda_max_true_labels", "λ_max, true labels"),
+                         ("lambda_max_flipped", "λ_max, flipped images")):
         if column not in rows or rows[column].isna().all():
             continue
         reference = _diff(rows, sam, base, column)
