@@ -34,7 +34,7 @@ from bench.records import (
 )
 from bench.rundir import read_config, read_summary
 
-from .measure.hessian import DEFAULT_ALGORITHM, density, hessian_summary
+from .measure.hessian import DEFAULT_ALGORITHM, density, hessian_summary, hvps_per_measurement
 from .measure.landscape import loss_curve_1d, loss_line, loss_surface_2d, save_landscape
 
 
@@ -155,6 +155,19 @@ def write_hessian(run_dir: Path, summary: HessianRecord, epoch: int | None) -> N
         **{f"eigenvalue_{i}": v for i, v in enumerate(summary["top_eigenvalues"])}})
 
 
+FINAL_K, FINAL_TRACE_SAMPLES = 3, 50  # the run hook's final measurement; its course is top-1 without a trace
+
+
+def run_hook_hvps(config: RunConfig) -> int:
+    """Hessian-vector products the run hook of this config spends (typical counts, for cost estimates): one
+    top-1 per chosen epoch and per label view, and the final top-3 with its trace."""
+    views = 3 if config.label_noise > 0 else 1  # as trained, true labels, flipped images alone
+    top1 = hvps_per_measurement(1, 0)
+    course = len(config.hessian_epochs) * views * top1
+    final = hvps_per_measurement(FINAL_K, FINAL_TRACE_SAMPLES) + (views - 1) * top1 if config.hessian else 0
+    return course + final
+
+
 def hessian_hook(config: RunConfig) -> RunHook | None:
     """The run hook (entry point `safbench.run_hooks`) of `--hessian` / `--hessian-epochs`: λ_max (top-1, no
     trace: the course is what the cost buys) after the chosen epochs (hessian_epochs.csv), and top-3 with the
@@ -170,8 +183,8 @@ def hessian_hook(config: RunConfig) -> RunHook | None:
         batches = fixed_batches(config, view.device, config.hessian_samples)
         views = label_views(config, view.device, batches, config.hessian_samples)
         final = view.epoch is None
-        summary = measure_hessian(view.model, batches, k=3 if final else 1, trace_samples=50 if final else 0,
-                                  views=views)
+        summary = measure_hessian(view.model, batches, k=FINAL_K if final else 1,
+                                  trace_samples=FINAL_TRACE_SAMPLES if final else 0, views=views)
         summary.update(epoch=config.epochs if final else view.epoch + 1, samples=config.hessian_samples)
         write_hessian(view.run_dir, summary, view.epoch)
 

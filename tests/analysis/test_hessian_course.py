@@ -111,3 +111,14 @@ def test_the_course_survives_kills_one_row_per_epoch_measured_once(tmp_path: Pat
     assert after["epoch"].tolist() == [0, 1, 2]  # none lost, none twice
     pd.testing.assert_frame_equal(after.iloc[:2], before)  # not measured again: even `seconds` unchanged
     assert after["lambda_max"].tolist() == pytest.approx(expected["lambda_max"].tolist(), rel=1e-6)
+
+
+def test_the_hooks_cost_counts_every_view_and_the_final_measurement() -> None:
+    from analysis.flatness import run_hook_hvps
+    from analysis.measure.eigen import hvps_per_measurement
+
+    clean = RunConfig.from_dict({**TINY, "hessian": True})
+    noisy = RunConfig.from_dict({**TINY, "hessian": True, "label_noise": 0.2})
+    top1 = hvps_per_measurement(1, 0)
+    assert run_hook_hvps(clean) == 3 * top1 + hvps_per_measurement(3, 50)
+    assert run_hook_hvps(noisy) == 9 * top1 + hvps_per_measurement(3, 50) + 2 * top1
