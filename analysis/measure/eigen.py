@@ -45,7 +45,9 @@ def check_algorithm(algorithm: str) -> None:
 
 
 def default_ncv(k: int, dim: int) -> int:
-    """Lanczos vectors kept between restarts: 2k + 8 (see results/hessian-cost/NOTES.md), at most dim."""
+    """Lanczos vectors kept between restarts: 2k + 8, at most dim. ARPACK checks convergence only once its
+    basis is full, so this is the fewest products a measurement takes; scipy's default, max(2k + 1, 20), would
+    spend 20 on top-1. Not tuned beyond that (results/hessian-cost/table.md measures this default)."""
     return min(dim, 2 * k + 8)
 
 
