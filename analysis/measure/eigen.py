@@ -54,13 +54,13 @@ def default_ncv(k: int, dim: int) -> int:
 def hvps_per_measurement(k: int, trace_samples: int, algorithm: str = DEFAULT_ALGORITHM) -> int:
     """Hessian-vector products of one measurement, for cost estimates (e.g. `grid --estimate`).
 
-    Lanczos: its first ``default_ncv`` products, then one restart of ncv - k more, the count it took on
-    both models measured in results/hessian-cost/ at the default tolerance; power iteration: about 35
-    products per eigenvalue (the committed regime Hessians took 47, 14, 14; cnn_small took 33 for three).
-    Add one per Hutchinson probe of the trace.
+    From results/hessian-cost/table.md (default tolerance 1e-3, cnn_small and resnet14_s2, 256 images):
+    Lanczos took ncv + 1 products where its first check converged and up to 5 more after a restart (11-16
+    for top-1, 15 for top-3), so ncv + 6; power iteration up to 45 per eigenvalue. Plus one product per
+    Hutchinson probe of the trace.
     """
     check_algorithm(algorithm)
-    eigen = 2 * default_ncv(k, 10**9) - k if algorithm == "lanczos" else 35 * k
+    eigen = default_ncv(k, 10**9) + 6 if algorithm == "lanczos" else 45 * k
     return eigen + trace_samples
 
 
