@@ -122,3 +122,6 @@ def test_the_hooks_cost_counts_every_view_and_the_final_measurement() -> None:
     top1 = hvps_per_measurement(1, 0)
     assert run_hook_hvps(clean) == 3 * top1 + hvps_per_measurement(3, 50)
     assert run_hook_hvps(noisy) == 9 * top1 + hvps_per_measurement(3, 50) + 2 * top1
+    from bench import plugins
+
+    assert plugins.loaded(plugins.RUN_HOOKS)["hessian"].hvps(noisy) == run_hook_hvps(noisy)  # reachable from bench
