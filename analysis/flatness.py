@@ -34,26 +34,60 @@ from bench.records import (
 )
 from bench.rundir import read_config, read_summary
 
-from .measure.hessian import density, hessian_summary
+from .measure.hessian import DEFAULT_ALGORITHM, density, hessian_summary, hvps_per_measurement
 from .measure.landscape import loss_curve_1d, loss_line, loss_surface_2d, save_landscape
 
 
-def fixed_data(config: RunConfig, device: torch.device, samples: int, batch_size: int = 250) -> Any:
-    """A seed-0, un-augmented view of the run's training set (with the labels it trained on): the same
-    samples for every run."""
+def fixed_data(config: RunConfig, device: torch.device, samples: int, batch_size: int = 250,
+               label_noise: float | None = None) -> Any:
+    """A seed-0, un-augmented view of the run's training set (with the labels it trained on, unless
+    `label_noise` says otherwise): the same samples for every run."""
     return create_data(config.dataset, root=config.data_root, batch_size=min(batch_size, samples), device=device,
                        seed=0, train_subset=config.train_subset, download=False, num_workers=0, augment=False,
-                       label_noise=config.label_noise, label_noise_seed=config.label_noise_draw(),
+                       label_noise=config.label_noise if label_noise is None else label_noise,
+                       label_noise_seed=config.label_noise_draw(),
                        val_size=config.val_size, val_split_seed=config.val_split_seed)
 
 
 def first_batches(data: Any, samples: int) -> list[tuple[Tensor, Tensor]]:
-    batches = []
+    """The first `samples` samples of the seed-0 pass, exactly (the last batch cut to size), or all there are."""
+    batches, seen = [], 0
     for _, inputs, targets in data.train_batches(0):
-        batches.append((inputs, targets))
-        if sum(t.shape[0] for _, t in batches) >= samples:
+        take = min(samples - seen, targets.shape[0])
+        batches.append((inputs[:take], targets[:take]))
+        seen += take
+        if seen >= samples:
             break
     return batches
+
+
+def label_views(config: RunConfig, device: torch.device, batches: list[tuple[Tensor, Tensor]],
+                samples: int) -> dict[str, list[tuple[Tensor, Tensor]]]:
+    """Under label noise, the measurement images seen two more ways: `true_labels` (the same images with
+    their clean labels) and `flipped` (only the images whose label the noise changed, with the labels the
+    run trained on). The clean labels come from the data layer itself, loaded without noise: the images and
+    their order do not depend on the labels. Empty without label noise."""
+    if config.label_noise <= 0:
+        return {}
+    clean = first_batches(fixed_data(config, device, samples, label_noise=0.0), samples)
+    inputs, noisy = torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
+    if not torch.equal(torch.cat([x for x, _ in clean]), inputs):
+        raise RuntimeError("the clean-label view of the measurement images holds other images")
+    true = torch.cat([y for _, y in clean])
+    flipped = (noisy != true).nonzero().squeeze(1)
+    size = max(x.shape[0] for x, _ in batches)
+    return {"true_labels": [(x, true[i:i + x.shape[0]]) for i, (x, _) in
+                            zip(_offsets(batches), batches, strict=True)],
+            "flipped": [(inputs[flipped[i:i + size]], noisy[flipped[i:i + size]])
+                        for i in range(0, len(flipped), size)]}
+
+
+def _offsets(batches: list[tuple[Tensor, Tensor]]) -> list[int]:
+    starts, at = [], 0
+    for _, y in batches:
+        starts.append(at)
+        at += y.shape[0]
+    return starts
 
 
 def fixed_batches(config: RunConfig, device: torch.device, samples: int) -> list[tuple[Tensor, Tensor]]:
@@ -90,29 +124,56 @@ def check_finished(run_dir: str | Path, allow_unfinished: bool) -> None:
 
 
 def measure_hessian(model: nn.Module, batches: list, *, k: int = 3, trace_samples: int = 50,
-                    seed: int = 0, bn_mode: str = "eval", max_iter: int = 100) -> dict[str, Any]:
+                    seed: int = 0, bn_mode: str = "eval", max_iter: int = 100, algorithm: str = DEFAULT_ALGORITHM,
+                    views: dict[str, list] | None = None) -> dict[str, Any]:
+    """hessian_summary on `batches`, plus λ_max alone on each of `views` (label_views): lambda_max_<view>
+    and num_examples_<view> (None and 0 for an empty view); `hvps` counts every product."""
     start = time.perf_counter()
     summary = hessian_summary(model, batches, k=k, trace_samples=trace_samples, seed=seed, bn_mode=bn_mode,
-                              max_iter=max_iter)
+                              max_iter=max_iter, algorithm=algorithm)
+    for name, view in (views or {}).items():
+        part = hessian_summary(model, view, k=1, trace_samples=0, seed=seed, bn_mode=bn_mode, max_iter=max_iter,
+                               algorithm=algorithm) if view else {"lambda_max": None, "num_examples": 0, "hvps": 0}
+        summary.update({f"lambda_max_{name}": part["lambda_max"], f"num_examples_{name}": part["num_examples"]})
+        summary["hvps"] += part["hvps"]
     summary["seconds"] = time.perf_counter() - start
     summary.pop("param_names", None)  # long and derivable from the model
     return summary
 
 
+EPOCH_COLUMNS = ("lambda_max", "trace", "trace_stderr", "algorithm", "hvps", "num_examples", "seconds",
+                 "lambda_max_true_labels", "lambda_max_flipped", "num_examples_flipped")
+
+
 def write_hessian(run_dir: Path, summary: HessianRecord, epoch: int | None) -> None:
-    """The final model's measurement (epoch None) as hessian.json, an epoch's as its row of hessian_epochs.csv."""
+    """The final model's measurement (epoch None) as hessian.json, an epoch's as its row of hessian_epochs.csv
+    (replacing a row of that epoch that a killed attempt wrote: one row per epoch, of the checkpointed model)."""
     if epoch is None:
         rundir.write_hessian(run_dir, summary)
         return
-    rundir.write_hessian_epoch(run_dir, {
-        "epoch": epoch, "lambda_max": summary["lambda_max"], "trace": summary["trace"],
-        "trace_stderr": summary["trace_stderr"],
-        **{f"eigenvalue_{i}": v for i, v in enumerate(summary["top_eigenvalues"])}})  # type: ignore[typeddict-item]
+    rundir.write_hessian_epoch(run_dir, {  # type: ignore[typeddict-item]
+        "epoch": epoch, **{c: summary.get(c) for c in EPOCH_COLUMNS if c in summary},
+        **{f"eigenvalue_{i}": v for i, v in enumerate(summary["top_eigenvalues"])}})
+
+
+FINAL_K, FINAL_TRACE_SAMPLES = 3, 50  # the run hook's final measurement; its course is top-1 without a trace
+
+
+def run_hook_hvps(config: RunConfig) -> int:
+    """Hessian-vector products the run hook of this config spends (typical counts, for cost estimates): one
+    top-1 per chosen epoch and per label view, and the final top-3 with its trace."""
+    views = 3 if config.label_noise > 0 else 1  # as trained, true labels, flipped images alone
+    top1 = hvps_per_measurement(1, 0)
+    course = len(config.hessian_epochs) * views * top1
+    final = hvps_per_measurement(FINAL_K, FINAL_TRACE_SAMPLES) + (views - 1) * top1 if config.hessian else 0
+    return course + final
 
 
 def hessian_hook(config: RunConfig) -> RunHook | None:
-    """The run hook (entry point `safbench.run_hooks`) of `--hessian` / `--hessian-epochs`: λ_max and trace
-    after the chosen epochs (hessian_epochs.csv) and of the final model (hessian.json)."""
+    """The run hook (entry point `safbench.run_hooks`) of `--hessian` / `--hessian-epochs`: λ_max (top-1, no
+    trace: the course is what the cost buys) after the chosen epochs (hessian_epochs.csv), and top-3 with the
+    trace of the final model (hessian.json); under label noise also λ_max with the true labels and on the
+    flipped images alone (label_views)."""
     if not config.hessian and not config.hessian_epochs:
         return None
 
@@ -121,23 +182,31 @@ def hessian_hook(config: RunConfig) -> RunHook | None:
         if not wanted:
             return
         batches = fixed_batches(config, view.device, config.hessian_samples)
-        summary = measure_hessian(view.model, batches)
-        summary.update(epoch=config.epochs if view.epoch is None else view.epoch + 1, samples=config.hessian_samples)
+        views = label_views(config, view.device, batches, config.hessian_samples)
+        final = view.epoch is None
+        summary = measure_hessian(view.model, batches, k=FINAL_K if final else 1,
+                                  trace_samples=FINAL_TRACE_SAMPLES if final else 0, views=views)
+        summary.update(epoch=config.epochs if final else view.epoch + 1, samples=config.hessian_samples)
         write_hessian(view.run_dir, summary, view.epoch)
 
     return measure
 
 
+# bench cannot import analysis: a cost estimate in bench reaches the count through the hook's entry point,
+# plugins.loaded(RUN_HOOKS)["hessian"].hvps(config).
+hessian_hook.hvps = run_hook_hvps  # type: ignore[attr-defined]
+
+
 def hessian_for_run_dir(run_dir: str | Path, *, samples: int = 1000, k: int = 3, trace_samples: int = 50,
                         bn_mode: str = "eval", device: str = "auto", command: str | None = None,
-                        allow_unfinished: bool = False) -> dict[str, Any]:
+                        allow_unfinished: bool = False, algorithm: str = DEFAULT_ALGORITHM) -> dict[str, Any]:
     """Measure the run's final model and write hessian.json, with the provenance of this measurement and
-    the epoch of the checkpoint it measured."""
+    the epoch of the checkpoint it measured (under label noise with the label_views too)."""
     dev = _device(device)
     check_finished(run_dir, allow_unfinished)
-    _, model, batches = load_run(run_dir, dev, samples)
-    summary = measure_hessian(model, batches, k=k, trace_samples=trace_samples,
-                              bn_mode=bn_mode)
+    config, model, batches = load_run(run_dir, dev, samples)
+    summary = measure_hessian(model, batches, k=k, trace_samples=trace_samples, bn_mode=bn_mode,
+                              algorithm=algorithm, views=label_views(config, dev, batches, samples))
     summary.update(epoch=model.checkpoint_epoch, samples=samples, **provenance(dev, command))
     write_hessian(Path(run_dir), summary, None)
     return summary

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+ALGORITHMS = ("lanczos", "power")  # analysis.measure.eigen's, default first; not imported: --help stays fast
+
 ALLOW_UNFINISHED = ("measure a run that has not finished (the file records its epoch; the report attaches it "
                     "to the run only while the run stays at that epoch)")
 
@@ -19,16 +21,22 @@ def _hessian(args: argparse.Namespace) -> int:
     from .flatness import density_for_run_dir, hessian_for_run_dir
     from .measure.landscape import load_landscape
 
+    if args.samples < 1 or args.k < 1 or args.trace_samples < 0:
+        raise UsageError(f"--samples {args.samples} / --k {args.k} / --trace-samples {args.trace_samples} are "
+                         "invalid: --samples and --k must be >= 1, --trace-samples >= 0")
     if args.density and (args.density_iter < 1 or args.density_runs < 1):
         raise UsageError(f"--density-iter {args.density_iter} / --density-runs {args.density_runs} are invalid: "
                          "both must be >= 1")
     for run_dir in args.run_dirs:
         s = hessian_for_run_dir(run_dir, samples=args.samples, k=args.k, trace_samples=args.trace_samples,
-                                bn_mode=args.bn_mode, device=args.device,
+                                bn_mode=args.bn_mode, device=args.device, algorithm=args.algorithm,
                                 command=args.invocation, allow_unfinished=args.allow_unfinished)
         top = [round(v, 4) for v in s["top_eigenvalues"]]
-        print(f"{run_dir}: lambda_max {s['lambda_max']:.4g}, top-{args.k} {top}, "
-              f"trace {s['trace']:.4g} ± {s['trace_stderr'] or float('nan'):.2g} ({s['seconds']:.0f} s)")
+        trace = ("no trace" if s["trace"] is None
+                 else f"trace {s['trace']:.4g} ± {s['trace_stderr'] or float('nan'):.2g}")
+        print(f"{run_dir}: lambda_max {s['lambda_max']:.4g}, top-{args.k} {top}, {trace} "
+              f"({s['algorithm']}, {s['hvps']} Hessian-vector products, {s['num_examples']} images, "
+              f"{s['seconds']:.0f} s)")
         if args.density:
             path = density_for_run_dir(run_dir, samples=args.samples, n_iter=args.density_iter,
                                        n_v=args.density_runs, bn_mode=args.bn_mode, device=args.device,
@@ -61,7 +69,10 @@ def register(subparsers: Any) -> None:
     h.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     h.add_argument("--samples", type=int, default=1000, help="fixed training samples (same for every run)")
     h.add_argument("--k", type=int, default=3, help="number of top eigenvalues")
-    h.add_argument("--trace-samples", type=int, default=50, help="Hutchinson probe vectors")
+    h.add_argument("--trace-samples", type=int, default=50, help="Hutchinson probe vectors (0: no trace)")
+    h.add_argument("--algorithm", choices=ALGORITHMS, default=ALGORITHMS[0],
+                   help="top-k eigenvalues by Lanczos (scipy eigsh; fewer Hessian-vector products, see "
+                        "results/hessian-cost) or power iteration with deflation")
     h.add_argument("--bn-mode", choices=("eval", "train"), default="eval")
     h.add_argument("--device", default="auto")
     h.add_argument("--density", action="store_true",

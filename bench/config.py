@@ -107,6 +107,8 @@ class RunConfig:
     sharpness: bool = _key(False, "log SAM's sharpness L(w + rho g/||g||) - L(w) after every epoch")
     sharpness_samples: int = _key(1024, "fixed, un-augmented training samples for the sharpness")
     sharpness_rho: float = _key(0.05, "radius rho of the sharpness measure")
+    adaptive_sharpness_rho: float = _key(0.5, "radius of ASAM's adaptive sharpness, logged beside it (the official "
+                                              "ASAM code's default; its scale is |w|-relative, not SAM's)")
     # Method hyperparameters given by the user (flat keys at every boundary; None: the method's default).
     method_hparams: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -176,6 +178,10 @@ class RunConfig:
         for name in ("epochs", "batch_size", "hessian_samples", "sharpness_samples"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name}={getattr(self, name)} is invalid: allowed values are integers >= 1")
+        outside = [e for e in self.hessian_epochs if not 0 <= e < self.epochs]
+        if outside:  # refused before training, not found out when the epoch never comes
+            raise UsageError(f"hessian_epochs={outside[0]} is invalid: allowed values are epochs 0..{self.epochs - 1} "
+                             "(0-based, as in metrics.csv)")
         for name in ("warmup_epochs", "num_workers", "seed", "val_size", "val_split_seed"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise UsageError(f"{name}={getattr(self, name)} is invalid: allowed values are integers >= 0")
@@ -190,8 +196,9 @@ class RunConfig:
         if self.label_noise_seed == "run" and self.label_noise == 0:
             raise UsageError("label_noise_seed='run' draws noisy labels per seed, but label_noise is 0; "
                              "set label_noise > 0 or leave label_noise_seed at fixed")
-        if not (self.sharpness_rho > 0 and math.isfinite(self.sharpness_rho)):
-            raise UsageError(f"sharpness_rho={self.sharpness_rho} is invalid: allowed values are finite numbers > 0")
+        for name in ("sharpness_rho", "adaptive_sharpness_rho"):
+            if not (getattr(self, name) > 0 and math.isfinite(getattr(self, name))):
+                raise UsageError(f"{name}={getattr(self, name)} is invalid: allowed values are finite numbers > 0")
         for name in ("train_subset", "eval_batch_size"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UsageError(f"{name}={getattr(self, name)} is invalid: allowed values are integers >= 1")

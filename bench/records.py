@@ -104,6 +104,8 @@ class MetricsRow(TypedDict, total=False):
     data_resident_bytes: int
     sharpness: float  # --sharpness: SAM sharpness of the model after the epoch
     sharpness_time_s: float
+    adaptive_sharpness: float  # --sharpness: ASAM's adaptive sharpness (bench.sharpness), beside the plain one
+    adaptive_sharpness_time_s: float
 
 
 class Provenance(TypedDict, total=False):
@@ -143,6 +145,7 @@ class Summary(Provenance, total=False):
     final_test_loss: float | None
     final_train_acc: float | None
     final_sharpness: float | None
+    final_adaptive_sharpness: float | None
     # --val-size: the read-outs chosen on validation data (bench.run.val_readout); None without a split
     final_val_acc: float | None
     best_val_acc: float | None
@@ -189,13 +192,21 @@ class HessianRecord(Provenance, total=False):
     epoch: int  # the epochs the measured model had trained: equal to the summary's epochs_completed when final
     lambda_max: float
     top_eigenvalues: list[float]
-    eigen_iterations: list[int]
-    trace: float
-    trace_stderr: float
-    samples: int  # the fixed training samples it was measured on
-    n_samples: int
+    algorithm: str  # of the top eigenvalues: lanczos or power (analysis.measure.eigen)
+    eigen_hvps: int  # Hessian-vector products the top eigenvalues took
+    hvps: int  # all Hessian-vector products of the measurement (eigenvalues, trace probes, label views)
+    eigen_iterations: list[int]  # power iteration: products per eigenvalue (lanczos: [])
+    trace: float | None  # None when no trace was asked for
+    trace_stderr: float | None
+    samples: int  # the fixed training samples asked for
+    n_samples: int  # Hutchinson probes of the trace
     num_batches: int
-    num_examples: int
+    num_examples: int  # the training samples measured: equal to `samples` unless the set is smaller
+    # under label noise: λ_max of the same images with their true labels, and of the flipped ones alone
+    lambda_max_true_labels: float | None
+    num_examples_true_labels: int
+    lambda_max_flipped: float | None
+    num_examples_flipped: int
     num_params: int
     params: list[str] | None
     bn_mode: str
@@ -210,8 +221,15 @@ class HessianEpochRow(TypedDict, total=False):
 
     epoch: int
     lambda_max: float
-    trace: float
-    trace_stderr: float
+    trace: float | None  # the run hook measures the course's λ_max alone (None), the final model's trace
+    trace_stderr: float | None
+    algorithm: str
+    hvps: int
+    num_examples: int
+    seconds: float
+    lambda_max_true_labels: float | None  # under label noise (HessianRecord)
+    lambda_max_flipped: float | None
+    num_examples_flipped: int
     # eigenvalue_0, eigenvalue_1, ...: the top eigenvalues
 
 

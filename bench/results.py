@@ -36,7 +36,9 @@ RUN_DEFAULTS = {f.name: f.default_factory() if f.default is MISSING else f.defau
 LEADING = ("run_dir", "config_hash", "status", "method", "dataset", "model", "seed")
 _HESSIAN_FIELDS = {"lambda_max": "lambda_max", "trace": "hessian_trace", "hessian_trace": "hessian_trace",
                    "trace_stderr": "hessian_trace_stderr", "top_eigenvalues": "hessian_top_eigenvalues",
-                   "samples": "hessian_samples", "command": "hessian_command", "git_commit": "hessian_git_commit"}
+                   "samples": "hessian_samples", "command": "hessian_command", "git_commit": "hessian_git_commit",
+                   "lambda_max_true_labels": "lambda_max_true_labels", "lambda_max_flipped": "lambda_max_flipped",
+                   "algorithm": "hessian_algorithm", "hvps": "hessian_hvps"}
 
 
 def result_row(run_dir: Path) -> dict[str, Any] | None:

@@ -43,7 +43,7 @@ from .provenance import provenance
 from .records import CHECKPOINT, METRICS, MetricsRow, Summary, fields_of
 from .rundir import config_summary, read_summary, write_config, write_metrics, write_summary
 from .schedules import base_optimizer, lr_range, lr_scheduler
-from .sharpness import sam_sharpness
+from .sharpness import adaptive_sharpness, sam_sharpness
 from .tensorboard_log import TensorBoardLog
 
 # Set by a grid process for the torchrun it starts: the path of the cell lock it holds on the run's behalf.
@@ -362,6 +362,10 @@ class Run:
             start = time.perf_counter()
             row["sharpness"] = sam_sharpness(self.net, self.sharpness_batches, self.config.sharpness_rho)
             row["sharpness_time_s"] = time.perf_counter() - start
+            start = time.perf_counter()
+            row["adaptive_sharpness"] = adaptive_sharpness(self.net, self.sharpness_batches,
+                                                           self.config.adaptive_sharpness_rho)
+            row["adaptive_sharpness_time_s"] = time.perf_counter() - start
         return row
 
     @torch.no_grad()
@@ -414,6 +418,7 @@ class Run:
             "final_test_loss": finite[-1]["test_loss"] if finite else None,
             "final_train_acc": finite[-1]["train_acc"] if finite else None,
             "final_sharpness": finite[-1].get("sharpness") if finite else None,
+            "final_adaptive_sharpness": finite[-1].get("adaptive_sharpness") if finite else None,
             **val_readout(finite),
             "images_per_s": statistics.median(speeds) if speeds else None,
             "images_per_s_warmup": rows[0]["images_per_s"] if rows else None,

@@ -1,9 +1,9 @@
 """Hessian of the training loss over given batches: top eigenvalues, trace and spectral density.
 
-All three are matrix-free: they only need Hessian-vector products (HVPs), computed exactly by double
-backprop. The loss is the average over all given batches weighted by batch size, i.e. the mean loss
-over the union of their examples (with ``bn_mode="train"`` each batch is normalised by its own
-statistics).
+All three are matrix-free: they only need Hessian-vector products (HVPs, analysis.measure.hvp), computed
+exactly by double backprop; the top-k solvers are in analysis.measure.eigen. The loss is the average over
+all given batches weighted by batch size, i.e. the mean loss over the union of their examples (with
+``bn_mode="train"`` each batch is normalised by its own statistics).
 
 Parameter subsets (``params``), for restricting the Hessian to one block or layer:
 
@@ -26,28 +26,23 @@ switches the model to eval mode.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
-from analysis.measure.restore import (
-    Batch,
-    LossFn,
-    batch_size,
-    check_batches,
-    default_loss,
-    measurement_mode,
-    model_device,
-    progress,
-)
+from analysis.measure.eigen import ALGORITHMS, DEFAULT_ALGORITHM, check_algorithm, hvps_per_measurement, solve
+from analysis.measure.hvp import HessianOperator, ParamSpec, describe_params, select_parameters
+from analysis.measure.restore import Batch, LossFn, measurement_mode, progress
 
-ParamSpec = str | Sequence[str] | Callable[[str], bool] | None
+_HessianOperator = HessianOperator  # the name the speed benchmark and older tests use
 
 __all__ = [
+    "ALGORITHMS",
+    "DEFAULT_ALGORITHM",
+    "hvps_per_measurement",
     "HessianEigen",
     "HessianTrace",
     "SpectralDensity",
@@ -63,12 +58,15 @@ __all__ = [
 
 @dataclass
 class HessianEigen:
-    """Dominant eigenpairs, largest magnitude first (at a trained minimum: the largest positive)."""
+    """Top eigenpairs, largest first: Lanczos the largest eigenvalues, power iteration those of largest
+    magnitude (the same at a trained minimum, where no negative eigenvalue is as large as λ_max)."""
 
     eigenvalues: list[float]
     eigenvectors: list[list[Tensor]]  # one list per eigenvalue, one tensor per selected parameter
-    iterations: list[int]  # power iterations spent on each eigenvalue
+    iterations: list[int]  # power iteration: products spent on each eigenvalue (Lanczos: empty)
     param_names: list[str]
+    hvps: int = 0  # Hessian-vector products spent in all
+    algorithm: str = DEFAULT_ALGORITHM
 
 
 @dataclass
@@ -121,168 +119,6 @@ def smooth_density(nodes: Sequence[float] | np.ndarray, weights: Sequence[float]
     return (np.exp(-0.5 * z**2) * weights[None, :]).sum(axis=1) / (sigma * math.sqrt(2 * math.pi))
 
 
-def select_parameters(model: nn.Module, params: ParamSpec = None) -> list[str]:
-    """Names of the parameters a ``params`` spec selects, in the model's order (see module doc)."""
-    named = dict(model.named_parameters())
-    if params is None:
-        names = [n for n, p in named.items() if p.requires_grad]
-    elif isinstance(params, str):
-        names = [n for n in named if n.startswith(params)]
-    elif callable(params):
-        names = [n for n in named if params(n)]
-    else:
-        wanted = set(params)
-        unknown = sorted(wanted - named.keys())
-        if unknown:
-            raise ValueError(f"params: unknown parameter names {unknown}; the model has {list(named)}")
-        names = [n for n in named if n in wanted]
-    if not names:
-        raise ValueError(f"params={params!r} selects no parameter; the model has {list(named)}")
-    return names
-
-
-def _describe(params: ParamSpec) -> str | list[str] | None:
-    if params is None or isinstance(params, str):
-        return params
-    if callable(params):
-        return getattr(params, "__name__", repr(params))
-    return list(params)
-
-
-class _HessianOperator:
-    """v -> H v for the flattened selected parameters, on float32 copies of the weights.
-
-    With ``reuse_graph`` (the default) each batch's forward pass and first backward (the gradient,
-    built with ``create_graph``) run once, on the first product; every product after that is one
-    more backward through the kept graphs, as PyHessian does for a single batch. This is most of
-    the speed: recomputing them cost ~1.6x per product on a small CNN (tests/benchmarks). Keeping the
-    graphs holds the activations of every batch; if that runs out of device memory the operator
-    drops them and recomputes per product instead.
-    """
-
-    def __init__(self, model: nn.Module, batches: Sequence[Batch], loss_fn: LossFn | None, params: ParamSpec,
-                 reuse_graph: bool = True):
-        check_batches(batches)
-        self.model = model
-        self.loss_fn = loss_fn or default_loss
-        self.device = model_device(model)
-        self.names = select_parameters(model, params)
-        selected = set(self.names)
-        named = dict(model.named_parameters())
-        self.selected = {n: named[n].detach().to(torch.float32) for n in self.names}
-        self.fixed = {n: p.detach().to(torch.float32) for n, p in named.items() if n not in selected}
-        # Clones, so that BatchNorm in train mode updates these and never the model's running stats.
-        self.buffers = {
-            n: b.detach().clone().to(torch.float32) if b.is_floating_point() else b.detach().clone()
-            for n, b in model.named_buffers()
-        }
-        self.shapes = [self.selected[n].shape for n in self.names]
-        self.numels = [self.selected[n].numel() for n in self.names]
-        self.dim = sum(self.numels)
-        self.batches = list(batches)
-        sizes = [batch_size(b) for b in self.batches]
-        self.num_examples = sum(sizes)
-        self.weights = [s / self.num_examples for s in sizes]
-        self.reuse_graph = reuse_graph
-        self._graphs: list[tuple[list[Tensor], list[Tensor], list[int]]] | None = None
-        self.first_order_passes = 0  # forward + gradient passes run so far (tests count them)
-
-    def _to_device(self, t: Tensor) -> Tensor:
-        t = t.to(self.device, non_blocking=True)
-        return t.to(torch.float32) if t.is_floating_point() else t
-
-    def split(self, flat: Tensor) -> list[Tensor]:
-        return [c.view(s) for c, s in zip(torch.split(flat, self.numels), self.shapes, strict=True)]
-
-    def _gradient(self, batch: Batch, weight: float) -> tuple[list[Tensor], list[Tensor], list[int]]:
-        """Leaves, the differentiable gradient blocks (built with create_graph) and their indices."""
-        inputs, targets = batch
-        leaves = [t.detach().requires_grad_(True) for t in self.selected.values()]
-        outputs = functional_call(
-            self.model, {**self.fixed, **self.buffers, **dict(zip(self.names, leaves, strict=True))},
-            (self._to_device(inputs),),
-        )
-        loss = self.loss_fn(outputs, self._to_device(targets)) * weight
-        grads = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
-        self.first_order_passes += 1
-        # A gradient that does not depend on the weights (or is absent) contributes a zero block.
-        keep = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
-        return leaves, [grads[i] for i in keep], keep
-
-    def _product(self, vs: list[Tensor], reuse: bool) -> Tensor:
-        if reuse and self._graphs is None:
-            self._graphs = [self._gradient(b, w) for b, w in zip(self.batches, self.weights, strict=True)]
-        out = torch.zeros(self.dim, dtype=torch.float32, device=self.device)
-        for i, (batch, w) in enumerate(zip(self.batches, self.weights, strict=True)):
-            leaves, grads, keep = self._graphs[i] if reuse else self._gradient(batch, w)
-            if not keep:
-                continue
-            hv = torch.autograd.grad(grads, leaves, grad_outputs=[vs[j] for j in keep], retain_graph=reuse,
-                                     allow_unused=True)
-            out += torch.cat([(h if h is not None else torch.zeros_like(t)).reshape(-1)
-                              for h, t in zip(hv, leaves, strict=True)])
-        return out
-
-    def __call__(self, v: Tensor) -> Tensor:
-        vs = self.split(v)
-        if self.reuse_graph:
-            try:
-                return self._product(vs, reuse=True)
-            except torch.OutOfMemoryError:
-                self._graphs, self.reuse_graph = None, False  # free the kept graphs, recompute from now on
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
-        return self._product(vs, reuse=False)
-
-    def random(self, gen: torch.Generator, kind: str) -> Tensor:
-        """A random vector from the local CPU generator (same draw on any device), moved over."""
-        if kind == "rademacher":
-            v = torch.randint(0, 2, (self.dim,), generator=gen, dtype=torch.float32) * 2 - 1
-        else:
-            v = torch.randn(self.dim, generator=gen, dtype=torch.float32)
-        return v.to(self.device)
-
-
-def _orthogonalise(v: Tensor, basis: list[Tensor]) -> Tensor:
-    # Two passes of Gram-Schmidt: one leaves float32 round-off of the size of the removed part.
-    for _ in range(2):
-        for u in basis:
-            v = v - (u @ v) * u
-    return v
-
-
-def _power_iteration(
-    op: _HessianOperator, k: int, max_iter: int, tol: float, seed: int
-) -> tuple[list[float], list[Tensor], list[int]]:
-    if not 1 <= k <= op.dim:
-        raise ValueError(f"k={k} must be between 1 and the number of selected weights ({op.dim})")
-    gen = torch.Generator().manual_seed(seed)
-    values: list[float] = []
-    vectors: list[Tensor] = []
-    iterations: list[int] = []
-    for _ in progress(range(k), desc="hessian eigen", total=k):
-        v = _orthogonalise(op.random(gen, "gaussian"), vectors)
-        v = v / v.norm()
-        value, steps = 0.0, 0
-        for steps in range(1, max_iter + 1):
-            # Deflation: work in the complement of the eigenvectors already found.
-            hv = _orthogonalise(op(v), vectors)
-            new_value = float(v @ hv)
-            norm = hv.norm()
-            if norm == 0:  # v is in the null space of the deflated Hessian
-                value = 0.0
-                break
-            v = hv / norm
-            converged = steps > 1 and abs(new_value - value) <= tol * abs(value) + 1e-30
-            value = new_value
-            if converged:
-                break
-        values.append(value)
-        vectors.append(v)
-        iterations.append(steps)
-    return values, vectors, iterations
-
-
 def top_eigenvalues(
     model: nn.Module,
     batches: Sequence[Batch],
@@ -293,20 +129,24 @@ def top_eigenvalues(
     seed: int = 0,
     bn_mode: str = "eval",
     params: ParamSpec = None,
+    algorithm: str = DEFAULT_ALGORITHM,
+    ncv: int | None = None,
 ) -> HessianEigen:
-    """Top-``k`` Hessian eigenpairs by power iteration with deflation.
+    """Top-``k`` Hessian eigenpairs by Lanczos (default) or power iteration with deflation.
 
-    Power iteration finds the eigenvalue of largest magnitude; each next one is found in the
-    orthogonal complement of those before. An eigenvalue stops when its Rayleigh quotient changes by
-    at most ``tol`` (relative) between iterations, or after ``max_iter`` HVPs.
+    ``tol`` and ``max_iter`` mean what each algorithm makes of them (analysis.measure.eigen): Lanczos stops
+    at residuals <= ``tol`` times the Ritz values, within ``max_iter`` restarts of ``ncv`` vectors; power
+    iteration when the Rayleigh quotient changes by <= ``tol`` (relative), or after ``max_iter`` products.
     """
+    check_algorithm(algorithm)
     with measurement_mode(model, bn_mode):
-        op = _HessianOperator(model, batches, loss_fn, params)
-        values, vectors, iterations = _power_iteration(op, k, max_iter, tol, seed)
-    return HessianEigen(values, [op.split(v) for v in vectors], iterations, op.names)
+        op = HessianOperator(model, batches, loss_fn, params)
+        sol = solve(op, k, algorithm=algorithm, max_iter=max_iter, tol=tol, seed=seed, ncv=ncv)
+    return HessianEigen(sol.values, [op.split(v) for v in sol.vectors], sol.iterations, op.names, sol.hvps,
+                        sol.algorithm)
 
 
-def _hutchinson(op: _HessianOperator, n_samples: int, seed: int) -> HessianTrace:
+def _hutchinson(op: HessianOperator, n_samples: int, seed: int) -> HessianTrace:
     if n_samples < 1:
         raise ValueError(f"n_samples={n_samples} must be >= 1")
     gen = torch.Generator().manual_seed(seed)
@@ -330,11 +170,11 @@ def trace(
 ) -> HessianTrace:
     """Hutchinson estimate of tr(H): the mean of z^T H z over Rademacher vectors z."""
     with measurement_mode(model, bn_mode):
-        op = _HessianOperator(model, batches, loss_fn, params)
+        op = HessianOperator(model, batches, loss_fn, params)
         return _hutchinson(op, n_samples, seed)
 
 
-def _lanczos(op: _HessianOperator, v0: Tensor, n_iter: int) -> tuple[np.ndarray, np.ndarray]:
+def _lanczos(op: HessianOperator, v0: Tensor, n_iter: int) -> tuple[np.ndarray, np.ndarray]:
     """Quadrature nodes and weights from ``n_iter`` Lanczos steps with full reorthogonalisation.
 
     Keeps all Lanczos vectors (n_iter x dim floats on the model's device): without them float32
@@ -386,7 +226,7 @@ def density(
     if n_iter < 1 or n_v < 1:
         raise ValueError(f"n_iter={n_iter} and n_v={n_v} must both be >= 1")
     with measurement_mode(model, bn_mode):
-        op = _HessianOperator(model, batches, loss_fn, params)
+        op = HessianOperator(model, batches, loss_fn, params)
         gen = torch.Generator().manual_seed(seed)
         steps = min(n_iter, op.dim)
         all_nodes, all_weights = [], []
@@ -422,22 +262,29 @@ def hessian_summary(
     loss_fn: LossFn | None = None,
     max_iter: int = 100,
     tol: float = 1e-3,
+    algorithm: str = DEFAULT_ALGORITHM,
 ) -> dict:
-    """Top-k eigenvalues and Hutchinson trace as a JSON-ready dict (the content of hessian.json)."""
+    """Top-k eigenvalues and Hutchinson trace (none for ``trace_samples=0``) as a JSON-ready dict (the
+    content of hessian.json), with the algorithm and the Hessian-vector products each part spent."""
+    check_algorithm(algorithm)
     with measurement_mode(model, bn_mode):
-        op = _HessianOperator(model, batches, loss_fn, params)
-        values, _, iterations = _power_iteration(op, k, max_iter, tol, seed)
-        tr = _hutchinson(op, trace_samples, seed)
+        op = HessianOperator(model, batches, loss_fn, params)
+        sol = solve(op, k, algorithm=algorithm, max_iter=max_iter, tol=tol, seed=seed)
+        tr = _hutchinson(op, trace_samples, seed) if trace_samples > 0 else None
+    stderr = tr.stderr if tr is not None and math.isfinite(tr.stderr) else None  # NaN is not JSON
     return {
-        "lambda_max": values[0],
-        "top_eigenvalues": values,
-        "eigen_iterations": iterations,
-        "trace": tr.estimate,
-        "trace_stderr": tr.stderr if math.isfinite(tr.stderr) else None,  # NaN is not JSON
-        "n_samples": tr.n_samples,
+        "lambda_max": sol.values[0],
+        "top_eigenvalues": sol.values,
+        "algorithm": sol.algorithm,
+        "eigen_hvps": sol.hvps,
+        "eigen_iterations": sol.iterations,
+        "trace": tr.estimate if tr is not None else None,
+        "trace_stderr": stderr,
+        "n_samples": tr.n_samples if tr is not None else 0,
+        "hvps": op.products,
         "bn_mode": bn_mode,
         "seed": seed,
-        "params": _describe(params),
+        "params": describe_params(params),
         "param_names": op.names,
         "num_params": op.dim,
         "num_batches": len(op.batches),

@@ -174,7 +174,8 @@ def step_throughput(steps: pd.DataFrame | None, method: str, *, model: str, data
 
 
 FLATNESS = (("final_sharpness", "final-epoch SAM sharpness"), ("lambda_max", "λ_max"),
-            ("hessian_trace", "Hessian trace"))
+            ("hessian_trace", "Hessian trace"), ("final_adaptive_sharpness", "final-epoch adaptive (ASAM) sharpness"),
+            ("lambda_max_true_labels", "λ_max, true labels"), ("lambda_max_flipped", "λ_max, flipped images"))
 
 
 def claims_table(rows: pd.DataFrame, *, base: str = "sgd", sam: str = "sam", saf: str = "saf",

@@ -144,7 +144,11 @@ def plot_lambda(cells: pd.DataFrame, curves: pd.DataFrame, title: str) -> Figure
     with_end = cells[cells["lambda_max_mean"].notna()] if len(cells) else cells
     # Only the final measurement (no hessian_epochs): the bars already show it, a one-epoch "curve" would not
     over_training = len(curves) > 0 and curves["epoch"].nunique() > 1
-    shown = int(len(with_end) > 0) + int(over_training)
+    # Under label noise: λ_max of the same images with their true labels, of the flipped ones alone.
+    views = [(c, t) for c, t in (("lambda_max_true_labels", "same images, true labels"),
+                                 ("lambda_max_flipped", "flipped images alone"))
+             if over_training and c in curves and curves[c].notna().any()]
+    shown = int(len(with_end) > 0) + int(over_training) + len(views)
     fig, axes = panel_grid(max(shown, 1))
     i = 0
     if len(with_end):
@@ -158,19 +162,28 @@ def plot_lambda(cells: pd.DataFrame, curves: pd.DataFrame, title: str) -> Figure
         ax.set_xticks(np.arange(len(labels)), labels, rotation=30, ha="right", fontsize=8)
         ax.set(title="end of training", ylabel=r"$\lambda_{\max}$")
         ax.grid(axis="y", alpha=0.3)
-    if over_training:
+    course_axes = []
+    for column, what in [("lambda_max", "over training")] * int(over_training) + views:
         ax = axes[0, i]
+        i += 1
+        course_axes.append(ax)
         for model in dict.fromkeys(curves["model_key"]):
             c = curves[curves["model_key"] == model]
             for method, setting in series_of(c):
-                s = c[(c["method_label"] == method) & (c["setting"] == setting)]
+                s = c[(c["method_label"] == method) & (c["setting"] == setting)].dropna(subset=[column])
                 label = series_label(method, setting)
                 if curves["model_key"].nunique() > 1:
                     label = f"{model} {label}"
-                mean_band(ax, s, "lambda_max", label, colour(method))
-        ax.set(title="over training", xlabel="epoch", ylabel=r"$\lambda_{\max}$")
+                if len(s):
+                    mean_band(ax, s, column, label, colour(method))
+        ax.set(title=what, xlabel="epoch", ylabel=r"$\lambda_{\max}$")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    if len(course_axes) > 1:  # one y scale, so the views compare at a glance
+        low = min(a.get_ylim()[0] for a in course_axes)
+        high = max(a.get_ylim()[1] for a in course_axes)
+        for a in course_axes:
+            a.set_ylim(low, high)
     fig.suptitle(title)
     return fig
 

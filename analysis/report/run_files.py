@@ -24,6 +24,7 @@ RUN_KEYS = ("dataset", "model_key", "method_label", "setting", "seed")
 # The metrics.csv columns the cost figures and the time-to-target table need.
 CURVE_COLUMNS = {"epoch", "test_acc", "epoch_time_s", "images_per_s"}
 HESSIAN_CURVE_COLUMNS = ("epoch", "lambda_max", "trace")  # of hessian_epochs.csv
+HESSIAN_VIEW_COLUMNS = ("lambda_max_true_labels", "lambda_max_flipped")  # under label noise, where measured
 
 
 def runs_with_files(rows: pd.DataFrame) -> list[tuple[pd.Series, Path]]:
@@ -102,7 +103,8 @@ def hessian_curves(rows: pd.DataFrame) -> pd.DataFrame:
     for r, path in runs_with_files(rows):
         epochs = read_hessian_epochs(path)
         readable = epochs is not None and set(HESSIAN_CURVE_COLUMNS) <= set(epochs.columns)
-        parts = [epochs[list(HESSIAN_CURVE_COLUMNS)]] if readable else []
+        views = [c for c in HESSIAN_VIEW_COLUMNS if readable and c in epochs.columns]
+        parts = [epochs[[*HESSIAN_CURVE_COLUMNS, *views]]] if readable else []
         final = read_hessian(path)
         done = r.get("epochs_completed", r.get("epochs"))
         if final is None or is_missing(done) or final.get("epoch") != int(done):
@@ -111,7 +113,8 @@ def hessian_curves(rows: pd.DataFrame) -> pd.DataFrame:
             last = int(done) - 1
             if not any((p["epoch"] == last).any() for p in parts):
                 parts.append(pd.DataFrame([{"epoch": last, "lambda_max": final.get("lambda_max"),
-                                            "trace": final.get("trace")}]))
+                                            "trace": final.get("trace"),
+                                            **{c: final[c] for c in HESSIAN_VIEW_COLUMNS if c in final}}]))
         if parts:
             frames.append(_with_keys(pd.concat(parts, ignore_index=True), r))
     return pd.concat(frames, ignore_index=True).sort_values("epoch") if frames else pd.DataFrame()

@@ -1,8 +1,8 @@
 """Every network the benchmark trains, built by name: `create_model(name, num_classes=..., ...)`.
 
 Registered CIFAR/CPU nets (see `MODELS`): resnet18, wrn28_10, pyramidnet110 (alpha 270), resnet20,
-cnn_small, mlp_tiny; and any timm model as `timm:<name>`. All are freshly initialised from torch's global
-generator, so `torch.manual_seed` makes construction reproducible.
+cnn_small, mlp_tiny, vit_p4_mini, vit_p4_tiny (patch-4 ViTs); and any timm model as `timm:<name>`. All are
+freshly initialised from torch's global generator, so `torch.manual_seed` makes construction reproducible.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 from torch import nn
 
 from bench.errors import UsageError
-from bench.models import pyramidnet, resnet_cifar, small, wide_resnet  # noqa: F401  (register the models)
+from bench.models import pyramidnet, resnet_cifar, small, vit, wide_resnet  # noqa: F401  (register the models)
 from bench.models._registry import MODELS, get_builder, register_model
 from bench.models.timm_models import PREFIX as TIMM_PREFIX
 from bench.models.timm_models import create_timm_model

@@ -71,12 +71,13 @@ def _theirs(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor]) -> object
     return pyhessian.hessian(copy.deepcopy(model), nn.CrossEntropyLoss(), data=data, cuda=False)
 
 
-def test_lambda_max_agrees_with_pyhessian(setup: tuple) -> None:
+@pytest.mark.parametrize("algorithm", ["lanczos", "power"])
+def test_lambda_max_agrees_with_pyhessian(setup: tuple, algorithm: str) -> None:
     model, data = setup
     with torch.random.fork_rng():
         torch.manual_seed(0)
         (theirs,), _ = _theirs(model, data).eigenvalues(maxIter=500, tol=1e-6)
-    ours = hessian.top_eigenvalues(model, [data], k=1, max_iter=500, tol=1e-6).eigenvalues[0]
+    ours = hessian.top_eigenvalues(model, [data], k=1, max_iter=500, tol=1e-6, algorithm=algorithm).eigenvalues[0]
     assert theirs > 0
     assert ours == pytest.approx(theirs, rel=EIG_RTOL), (ours, theirs)
 
