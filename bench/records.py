@@ -146,7 +146,7 @@ class Summary(Provenance, total=False):
     final_train_acc: float | None
     final_sharpness: float | None
     final_adaptive_sharpness: float | None
-    # --val-size: the read-outs chosen on validation data (bench.run.val_readout); None without a split
+    # --val-size: the read-outs chosen on validation data (bench.tuning.val_readout); None without a split
     final_val_acc: float | None
     best_val_acc: float | None
     val_best_epoch: int | None  # 0-based epoch of the highest validation accuracy, ties to the earlier

@@ -45,6 +45,7 @@ from .rundir import config_summary, read_summary, write_config, write_metrics, w
 from .schedules import base_optimizer, lr_range, lr_scheduler
 from .sharpness import adaptive_sharpness, sam_sharpness
 from .tensorboard_log import TensorBoardLog
+from .tuning import val_readout
 
 # Set by a grid process for the torchrun it starts: the path of the cell lock it holds on the run's behalf.
 LOCK_HELD_ENV = "SAFBENCH_LOCK_HELD"
@@ -434,17 +435,6 @@ class Run:
         if self.info.is_main:
             write_summary(self.run_dir, summary)
         return summary
-
-
-def val_readout(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The validation read-outs of a run's finite epochs: the last epoch's validation accuracy, the epoch of the
-    highest (ties to the earlier) and the test accuracy there. Chosen on validation numbers alone."""
-    scored = [r for r in rows if r.get("val_acc") is not None]
-    if not scored:
-        return {"final_val_acc": None, "best_val_acc": None, "val_best_epoch": None, "test_acc_at_val_best": None}
-    best = max(scored, key=lambda r: (r["val_acc"], -r["epoch"]))
-    return {"final_val_acc": scored[-1]["val_acc"], "best_val_acc": best["val_acc"],
-            "val_best_epoch": int(best["epoch"]), "test_acc_at_val_best": best["test_acc"]}
 
 
 def run(config: RunConfig, *, resume: bool = False, command: str | None = None,

@@ -213,6 +213,17 @@ def trial_settings(spec: TuneSpec, method: str, defaults: Mapping[str, Any]) -> 
 
 
 # ---- the choice ----------------------------------------------------------------------------------
+def val_readout(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The validation read-outs of a run's finite epochs: the last epoch's validation accuracy, the epoch of the
+    highest (ties to the earlier) and the test accuracy there. Chosen on validation numbers alone."""
+    scored = [r for r in rows if r.get("val_acc") is not None]
+    if not scored:
+        return {"final_val_acc": None, "best_val_acc": None, "val_best_epoch": None, "test_acc_at_val_best": None}
+    best = max(scored, key=lambda r: (r["val_acc"], -r["epoch"]))
+    return {"final_val_acc": scored[-1]["val_acc"], "best_val_acc": best["val_acc"],
+            "val_best_epoch": int(best["epoch"]), "test_acc_at_val_best": best["test_acc"]}
+
+
 def readout_value(row: Mapping[str, Any], readout: str) -> float:
     """A trial run's validation accuracy at the read-out; 0 for a run that failed, diverged or has none."""
     if row.get("status") != "finished":

@@ -30,9 +30,9 @@ from bench.records import (
     Summary,
     landscape_line,
 )
-from bench.run import val_readout
 from bench.rundir import config_summary, write_hessian_epoch, write_metrics, write_summary
 from bench.rundir import write_hessian as write_hessian_record
+from bench.tuning import val_readout
 
 DEVICE_NAME = "cpu: Test CPU (2 cores, 1 threads)"
 PROVENANCE: Provenance = {"git_commit": "0123456789abcdef0123456789abcdef01234567", "python_version": "3.11.7",
@@ -89,6 +89,7 @@ def write_run(out: Path, curve_: Curve, *, status: str = "finished", command: st
         "final_test_acc": curve_.test_acc[-1], "best_test_acc": max(curve_.test_acc),
         "final_train_loss": 0.5, "final_test_loss": 0.6, "final_train_acc": curve_.test_acc[-1],
         "final_sharpness": curve_.sharpness[-1] if curve_.sharpness is not None else None,
+        "final_adaptive_sharpness": None,
         **val_readout(metrics),
         "images_per_s": statistics.median(speeds), "images_per_s_warmup": curve_.images_per_s[0],
         "train_time_s": sum(curve_.epoch_time_s), "wall_s": sum(curve_.epoch_time_s) + 0.5,

@@ -22,9 +22,8 @@ from bench.errors import UsageError
 from bench.faultpoints import CRASH_ENV, CRASH_EXIT
 from bench.grid import load_grid, parse_grid
 from bench.records import SELECTED, TRIALS_DIR, TUNING
-from bench.run import val_readout
 from bench.tune_cli import default_cells, select, trial_cells, tuning_rows
-from bench.tuning import MAX_DIMS, choose, parse_tune, trial_settings, unit_design
+from bench.tuning import MAX_DIMS, choose, parse_tune, trial_settings, unit_design, val_readout
 from tests.bench.grid_util import REPO, TINY, bench_cmd, cli_env
 from tests.cli_util import run_main
 
