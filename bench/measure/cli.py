@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from ..provenance import device_name, provenance
 from ..records import overhead_csv
 from ..targets import LOOP_TARGET
 from .batches import IMAGENET_SAMPLES, SHAPES
+from . import gate
 from .config import PRECISIONS, OverheadConfig
 from .loop import measure_loop
 from .methods import METHODS, REFERENCE
@@ -111,8 +113,9 @@ def register(subparsers: Any) -> None:
                    help="CPU intra-op threads (default: torch's). On a shared machine 1 keeps the ratios those "
                         "of the work: with more, every op waits at a barrier for its slowest thread")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="results/overhead",
-                   help="folder for the CSV files (default results/overhead)")
+    p.add_argument("--out", default=None,
+                   help="folder for the CSV files (default results/overhead; with --against or --check, "
+                        "no files unless given)")
     p.add_argument("--no-steps", dest="step_table", action="store_false",
                    help="skip the per-method step table")
     p.add_argument("--loop", action="store_true",
@@ -129,6 +132,7 @@ def register(subparsers: Any) -> None:
                    help="per-GPU batch of the exchange (default 256)")
     p.add_argument("--world-size", type=int, default=8,
                    help="ranks per node for the store sizes (default 8)")
+    gate.add_flags(p)
     p.set_defaults(func=_overhead)
 
 
@@ -187,7 +191,19 @@ def _overhead(args: argparse.Namespace) -> int:
         compile=args.compile, optimizer=args.optimizer) for model in (args.models or d.models)]
     for config in configs:
         config.validate()
-    out = _prepare_out(args.out)
+    limits = gate.parse_limits(args.limit, device.type) if args.check or args.limit else None
+    judged = args.against is not None or limits is not None
+    out = _prepare_out(args.out or "results/overhead") if args.out or not judged or args.loop or \
+        args.store_report else None
+    if args.against is not None:
+        if len(configs) > 1:
+            raise UsageError("--against compares one model: pass one --models")
+        c = configs[0]
+        settings = {**{k: getattr(c, k) for k in gate.SETTING_KEYS if k not in ("threads", "device")},
+                    "methods": list(c.methods), "threads": args.threads or (1 if device.type == "cpu" else
+                                                                             torch.get_num_threads()),
+                    "device": str(device)}
+        return gate.run_against(args, settings, tuple(args.methods or c.methods), limits, out)
     if args.threads:
         torch.set_num_threads(args.threads)  # before provenance: device_name records the thread count
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -197,13 +213,21 @@ def _overhead(args: argparse.Namespace) -> int:
     for note in notes:
         print(f"note: {note}")
 
-    if args.step_table:
-        path, rows = overhead_csv(out, "steps", device_slug(device), stamp), []
+    failures: list[str] = []
+    if args.step_table or limits is not None:
+        path = overhead_csv(out, "steps", device_slug(device), stamp) if out else None
+        rows = []
         for config in configs:
             rows += measure_steps(config, notes=notes, progress=True)
-            io.write_csv(path, pd.DataFrame(records(rows, prov)))  # after every model: keep what is measured
+            if path:
+                io.write_csv(path, pd.DataFrame(records(rows, prov)))  # after every model: keep what is measured
         print(format_steps(rows))
-        print(f"wrote {path}")
+        if path:
+            print(f"wrote {path}")
+        if limits is not None:
+            failures = gate.check_rows(rows, limits)
+        if args.history:
+            gate.append_history(args.history, gate.history_rows(rows, prov, torch.get_num_threads()))
     if args.loop:
         path, loop_rows = overhead_csv(out, "loop", device_slug(device), stamp), []
         loop_methods = tuple(args.methods) if args.methods else LOOP_METHODS
@@ -221,7 +245,9 @@ def _overhead(args: argparse.Namespace) -> int:
         io.write_csv(path, pd.DataFrame(records(store_rows, prov)))
         print(format_store(store_rows))
         print(f"wrote {path}")
-    return 0
+    for line in failures:
+        print(line, file=sys.stderr)
+    return 1 if failures else 0
 
 
 # ---- tables ----------------------------------------------------------------------------------------
