@@ -199,10 +199,11 @@ def _overhead(args: argparse.Namespace) -> int:
         if len(configs) > 1:
             raise UsageError("--against compares one model: pass one --models")
         c = configs[0]
-        settings = {**{k: getattr(c, k) for k in gate.SETTING_KEYS if k not in ("threads", "device")},
+        settings = {**{k: getattr(c, k) for k in gate.SETTING_KEYS if k not in ("threads", "device", "timer")},
                     "methods": list(c.methods), "threads": args.threads or (1 if device.type == "cpu" else
                                                                              torch.get_num_threads()),
-                    "device": str(device)}
+                    "device": str(device),
+                    "timer": ("process" if device.type == "cpu" else "wall") if args.timer == "auto" else args.timer}
         return gate.run_against(args, settings, tuple(args.methods or c.methods), limits, out)
     if args.threads:
         torch.set_num_threads(args.threads)  # before provenance: device_name records the thread count

@@ -33,7 +33,7 @@ from .rows import OverheadRow
 
 DEFAULT_BUDGET_S = 180.0
 SETTING_KEYS = ("model", "shape", "batch_size", "precision", "steps", "warmup", "num_samples", "seed",
-                "channels_last", "compile", "optimizer", "threads", "device")
+                "channels_last", "compile", "optimizer", "threads", "device", "timer")
 
 
 def add_flags(p: argparse.ArgumentParser) -> None:
@@ -53,6 +53,10 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S,
                    help=f"seconds for one --against comparison, start-up included; sets the number of "
                         f"round pairs (default {DEFAULT_BUDGET_S:g})")
+    g.add_argument("--timer", choices=("auto", "wall", "process"), default="auto",
+                   help="--against's clock: wall time, or the worker's CPU time (auto: CPU time on the CPU, "
+                        "where other jobs' time slices would otherwise be charged to the block they interrupt; "
+                        "wall time on a GPU)")
     g.add_argument("--history", metavar="FILE",
                    help="append this run's rows (commit, device, threads, torch, method, step time, ratio) "
                         "to the CSV FILE")
