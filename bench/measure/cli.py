@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import re
 import sys
 import time
@@ -204,6 +205,8 @@ def _overhead(args: argparse.Namespace) -> int:
                                                                              torch.get_num_threads()),
                     "device": str(device),
                     "timer": ("process" if device.type == "cpu" else "wall") if args.timer == "auto" else args.timer}
+        if device.type == "cpu":  # both workers on the same cores (one at a time runs)
+            settings["cpus"] = sorted(os.sched_getaffinity(0))[: settings["threads"]]
         return gate.run_against(args, settings, tuple(args.methods or c.methods), limits, out)
     if args.threads:
         torch.set_num_threads(args.threads)  # before provenance: device_name records the thread count

@@ -85,6 +85,9 @@ def main(argv: list[str]) -> int:
         settings = json.loads(sys.stdin.readline())
         seed = int(settings.get("seed", 0))
         clock = CLOCKS[settings.pop("timer", "wall")]
+        cpus = settings.pop("cpus", None)
+        if cpus:  # both sides on the same core(s): neither gets a core that other jobs leave emptier
+            os.sched_setaffinity(0, cpus)
         import bench
 
         if Path(bench.__file__).resolve().parents[1] != root:
