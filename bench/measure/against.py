@@ -39,6 +39,9 @@ class Worker:
         self.side, self.root = side, root
         self._log: IO[str] = tempfile.TemporaryFile("w+")  # its stderr, for the last line of a crash
         env = {**os.environ, "OMP_NUM_THREADS": str(settings["threads"]), "PYTHONDONTWRITEBYTECODE": "1"}
+        # glibc moves its mmap threshold with each process's history of frees, so two processes of the same
+        # code can place the same tensors differently; a fixed threshold takes that difference away.
+        env.setdefault("MALLOC_MMAP_THRESHOLD_", str(4 << 20))
         env.pop("PYTHONPATH", None)
         env.pop("SAFBENCH_CRASH_AT", None)  # fault points are the comparing process's, not the timed code's
         self.proc = subprocess.Popen([sys.executable, str(WORKER), "--root", str(root)], cwd=root, env=env,

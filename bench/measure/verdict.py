@@ -9,7 +9,10 @@ does, a method is *slower* only when the test is significant (p < alpha) **and**
 however small; the effect alone flags noise. Faster is the mirror image (r <= 1 / (1 + min_change)).
 
 Per round the ratio to SGD is also compared: (head m / head sgd) / (base m / base sgd), the change that
-`--check`'s limits would see; a slowdown common to every method leaves it at 1 while r moves.
+`--check`'s limits would see; a slowdown common to every method leaves it at 1 while r moves. The same
+rule applied to it also calls a method slower: two processes of identical code can run at speeds a few
+percent apart (allocation and cache placement differ per process), which moves r for every method of a
+process alike but cancels in the ratio to SGD, so a slowdown of one method is seen there with less noise.
 
 Unpaired samples (a stored rounds file against a fresh run) use the Mann-Whitney U test on step times,
 the ratio of medians, and a bootstrap interval for it.
@@ -44,6 +47,8 @@ class Change:
     sgd_ratio_low: float | None
     sgd_ratio_high: float | None
     verdict: str  # "slower", "faster" or "unchanged"
+    p_sgd_ratio_slower: float | None = None  # one-sided signed-rank tests of the ratio to SGD's change
+    p_sgd_ratio_faster: float | None = None
 
 
 def median_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float, float]:
@@ -84,12 +89,17 @@ def paired(base: Mapping[str, Sequence[float]], head: Mapping[str, Sequence[floa
         r = h / b
         ratio, low, high = median_interval(r)
         logs = np.log(r)
-        rel = (None, None, None)
-        if method != reference and reference in base:
-            rel = median_interval(r / (np.asarray(head[reference]) / np.asarray(base[reference])))
         p_slow, p_fast = _signed_rank(logs, "greater"), _signed_rank(logs, "less")
-        out.append(Change(method, len(r), ratio, low, high, p_slow, p_fast, *rel,
-                          verdict=call(ratio, p_slow, p_fast, alpha=alpha, min_change=min_change)))
+        called = call(ratio, p_slow, p_fast, alpha=alpha, min_change=min_change)
+        rel, p_rel = (None, None, None), (None, None)
+        if method != reference and reference in base:
+            rr = r / (np.asarray(head[reference], dtype=float) / np.asarray(base[reference], dtype=float))
+            rel = median_interval(rr)
+            p_rel = (_signed_rank(np.log(rr), "greater"), _signed_rank(np.log(rr), "less"))
+            if called == "unchanged":  # the ratio to SGD, immune to a speed the whole process has
+                called = call(rel[0], *p_rel, alpha=alpha, min_change=min_change)
+        out.append(Change(method, len(r), ratio, low, high, p_slow, p_fast, *rel, verdict=called,
+                          p_sgd_ratio_slower=p_rel[0], p_sgd_ratio_faster=p_rel[1]))
     return out
 
 

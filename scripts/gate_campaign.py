@@ -1,0 +1,169 @@
+"""The overhead gate's evidence (results/overhead/gate/): its false-alarm rate and its power, measured.
+
+    python scripts/gate_campaign.py calibrate   # the injected work's cost as a share of SAF's step
+    python scripts/gate_campaign.py run         # every comparison not yet stored, one at a time (resumable)
+
+`run` makes scratch commits on throwaway branches (gate-scratch-<kind>-<size>, never merged): the commit
+under test (BASE, this checkout's HEAD) plus extra arithmetic proportional to the batch, a matrix product of
+the flattened inputs with a fixed [D, width] matrix, in SAF's step only ("saf") or in every method's step
+("all"), its width set from the calibration for about 3, 5 and 10% of SAF's step. Each comparison runs
+`safbench overhead --against BASE` in a scratch worktree at that commit; an identical one runs
+`--against HEAD` at BASE itself. Each stores its against-*.csv and rounds-*.csv under results/overhead/gate/
+as <condition>-<rep>; a stored comparison is never rerun.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "results" / "overhead" / "gate"
+SCRATCH = Path("/work/gate-scratch")  # the scratch worktree (outside this checkout)
+SIZES = (0.03, 0.05, 0.10)
+REPS = 5
+IDENTICAL_PER_REP = 4  # 20 comparisons of identical code
+SETTINGS = ["--device", "cpu", "--models", "cnn_small", "--methods", "sgd", "saf", "--batch-size", "32",
+            "--steps", "1", "--budget-s", "40"]
+WASTE = '''
+
+_WASTE: dict = {}
+
+
+def _injected_slowdown(inputs, width: int = {width}) -> None:
+    """SCRATCH COMMIT (gate evidence, never merged): extra arithmetic proportional to the batch."""
+    with torch.no_grad():
+        x = inputs.flatten(1)
+        key = (x.shape[1], x.dtype, x.device)
+        if key not in _WASTE:
+            _WASTE[key] = torch.full((x.shape[1], width), 1e-3, dtype=x.dtype, device=x.device)
+        (x @ _WASTE[key]).sum()
+'''
+
+
+def git(*args: str, cwd: Path = ROOT) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def calibrate() -> None:
+    """SAF's step and the injected product at several widths, interleaved in one process (CPU time)."""
+    import pandas as pd
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from bench import io
+    from bench.measure.config import OverheadConfig
+    from bench.measure.steps import StepBenchmark
+    from bench.provenance import provenance
+
+    torch.set_num_threads(1)
+    config = OverheadConfig(model="cnn_small", methods=("sgd", "saf"), batch_size=32, steps=1, warmup=3)
+    bench = StepBenchmark(config)
+    bench.warm_up()
+    scope: dict = {"torch": torch}
+    exec(WASTE.format(width=0).replace("width: int = 0", "width: int"), scope)
+    inputs = bench.pool.images[0]
+    widths = (64, 128, 256, 512)
+    rows = []
+    for rnd in range(30):
+        t0 = time.process_time()
+        bench.blocks["saf"].run(1)
+        saf = time.process_time() - t0
+        for w in widths:
+            t0 = time.process_time()
+            scope["_injected_slowdown"](inputs, w)
+            rows.append({"round": rnd, "width": w, "injected_s": time.process_time() - t0, "saf_step_s": saf})
+    frame = pd.DataFrame(rows)
+    frame["share_of_saf_step"] = frame["injected_s"] / frame["saf_step_s"]
+    prov = provenance(torch.device("cpu"), "python scripts/gate_campaign.py calibrate")
+    OUT.mkdir(parents=True, exist_ok=True)
+    io.write_csv(OUT / "calibration.csv", frame.assign(**prov))
+    print(frame.groupby("width")["share_of_saf_step"].median())
+
+
+def widths() -> dict[float, int]:
+    """Width for each size, from the calibration's median share per unit of width (cost is linear in it)."""
+    import pandas as pd
+
+    frame = pd.read_csv(OUT / "calibration.csv")
+    per_unit = (frame["share_of_saf_step"] / frame["width"]).median()
+    return {size: max(1, round(size / per_unit)) for size in SIZES}
+
+
+def scratch_commit(base: str, kind: str, size: float, width: int) -> str:
+    """BASE plus the injected work, committed on branch gate-scratch-<kind>-<size>; its hash."""
+    branch = f"gate-scratch-{kind}-{round(100 * size)}"
+    exists = subprocess.run(["git", "rev-parse", "--verify", "-q", branch], cwd=ROOT, capture_output=True, text=True)
+    if exists.returncode == 0 and git("rev-parse", f"{branch}~1") == base:
+        return exists.stdout.strip()
+    git("checkout", "-q", "--detach", base, cwd=SCRATCH)
+    target = SCRATCH / ("optimizers/saf.py" if kind == "saf" else "optimizers/base.py")
+    text = target.read_text() + WASTE.format(width=width)
+    if kind == "saf":  # in SAF's regularizer: every SAF step, no other method's
+        anchor = "        self._check_indices(indices)\n"
+    else:  # in the base step: SGD's and SAF's (and every method using the shared step)
+        anchor = "        self.base_optimizer.zero_grad(set_to_none=True)\n        logits = self.forward(inputs)\n"
+    assert text.count(anchor) == 1, anchor
+    text = text.replace(anchor, anchor + "        _injected_slowdown(inputs)\n")
+    target.write_text(text)
+    git("commit", "-q", "-am", f"SCRATCH (never merge): {kind} step +{100 * size:g}% injected work, width {width}",
+        cwd=SCRATCH)
+    git("branch", "-f", branch, "HEAD", cwd=SCRATCH)
+    return git("rev-parse", "HEAD", cwd=SCRATCH)
+
+
+def plan() -> list[tuple[str, int]]:
+    """Conditions interleaved rep by rep, so the machine's load of the hour spreads over all of them."""
+    order = []
+    power = [f"{kind}-{round(100 * size)}" for size in SIZES for kind in ("saf", "all")]
+    for rep in range(REPS):
+        identical = [("identical", rep * IDENTICAL_PER_REP + i) for i in range(IDENTICAL_PER_REP)]
+        mixed = [(cond, rep) for cond in power]
+        for i in range(max(len(identical), len(mixed))):  # identical and injected runs alternate
+            order += identical[i:i + 1] + mixed[i:i + 1]
+    return order
+
+
+def run() -> None:
+    base = git("rev-parse", "HEAD")
+    if git("status", "--porcelain", "--untracked-files=no"):
+        sys.exit("commit first: the comparisons name this checkout's HEAD as their base")
+    if not SCRATCH.exists():
+        git("worktree", "add", "-q", "--detach", str(SCRATCH), base)
+    width = widths()
+    commits = {f"{k}-{round(100 * s)}": scratch_commit(base, k, s, width[s]) for k in ("saf", "all") for s in SIZES}
+    commits["identical"] = base
+    (OUT / "rounds").mkdir(parents=True, exist_ok=True)
+    python = ROOT / ".venv" / "bin" / "python"
+    for cond, rep in plan():
+        name = f"{cond}-{rep:02d}"
+        if (OUT / f"{name}.csv").exists():
+            continue
+        git("checkout", "-q", "--detach", commits[cond], cwd=SCRATCH)
+        ref = "HEAD" if cond == "identical" else base
+        with tempfile.TemporaryDirectory() as tmp:
+            cmd = [str(python), "-m", "bench", "overhead", *SETTINGS, "--against", ref, "--out", tmp]
+            t0 = time.time()
+            done = subprocess.run(cmd, cwd=SCRATCH, capture_output=True, text=True)
+            print(f"{name}: exit {done.returncode} in {time.time() - t0:.0f} s", flush=True)
+            print(done.stdout + done.stderr, flush=True)
+            if done.returncode not in (0, 1):
+                continue
+            shutil.move(next(Path(tmp).glob("rounds-*.csv")), OUT / "rounds" / f"{name}.csv")
+            against = next(Path(tmp).glob("against-*.csv"))
+            import pandas as pd
+
+            frame = pd.read_csv(against).assign(condition=cond, rep=rep, exit_status=done.returncode,
+                                                wall_s=time.time() - t0, scratch_commit=commits[cond])
+            frame.to_csv(OUT / f".{name}.csv.tmp", index=False)
+            Path(OUT / f".{name}.csv.tmp").rename(OUT / f"{name}.csv")
+    (OUT / "commits.json").write_text(json.dumps({"base": base, **commits}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    {"calibrate": calibrate, "run": run}[sys.argv[1]]()
