@@ -32,7 +32,7 @@ SETTINGS = ["--device", "cpu", "--models", "cnn_small", "--methods", "sgd", "saf
             "--steps", "1", "--budget-s", "40"]
 WASTE = '''
 
-_WASTE: dict = {}
+_WASTE: dict = {{}}
 
 
 def _injected_slowdown(inputs, width: int = {width}) -> None:
