@@ -5,8 +5,8 @@
 
 `run` makes scratch commits on throwaway branches (gate-scratch-<kind>-<size>, never merged): the commit
 under test (BASE, this checkout's HEAD) plus extra arithmetic proportional to the batch, a matrix product of
-the flattened inputs with a fixed [D, width] matrix, in SAF's step only ("saf") or in every method's step
-("all"), its width set from the calibration for about 3, 5 and 10% of SAF's step. Each comparison runs
+the flattened inputs with a fixed [D, 256] matrix, repeated, in SAF's step only ("saf") or in every method's step
+("all"), the repetitions set from the calibration for about 3, 5 and 10% of SAF's step. Each comparison runs
 `safbench overhead --against BASE` in a scratch worktree at that commit; an identical one runs
 `--against HEAD` at BASE itself. Each stores its against-*.csv and rounds-*.csv under results/overhead/gate/
 as <condition>-<rep>; a stored comparison is never rerun.
@@ -35,14 +35,15 @@ WASTE = '''
 _WASTE: dict = {{}}
 
 
-def _injected_slowdown(inputs, width: int = {width}) -> None:
+def _injected_slowdown(inputs, reps: int = {reps}) -> None:
     """SCRATCH COMMIT (gate evidence, never merged): extra arithmetic proportional to the batch."""
     with torch.no_grad():
         x = inputs.flatten(1)
         key = (x.shape[1], x.dtype, x.device)
         if key not in _WASTE:
-            _WASTE[key] = torch.full((x.shape[1], width), 1e-3, dtype=x.dtype, device=x.device)
-        (x @ _WASTE[key]).sum()
+            _WASTE[key] = torch.full((x.shape[1], 256), 1e-3, dtype=x.dtype, device=x.device)
+        for _ in range(reps):
+            (x @ _WASTE[key]).sum()
 '''
 
 
@@ -66,9 +67,9 @@ def calibrate() -> None:
     bench = StepBenchmark(config)
     bench.warm_up()
     scope: dict = {"torch": torch}
-    exec(WASTE.format(width=0).replace("width: int = 0", "width: int"), scope)
+    exec(WASTE.format(reps=0).replace("reps: int = 0", "reps: int"), scope)
     inputs = bench.pool.images[0]
-    widths = (64, 128, 256, 512)
+    widths = (2, 4, 8, 16)
     rows = []
     for rnd in range(30):
         t0 = time.process_time()
@@ -77,21 +78,21 @@ def calibrate() -> None:
         for w in widths:
             t0 = time.process_time()
             scope["_injected_slowdown"](inputs, w)
-            rows.append({"round": rnd, "width": w, "injected_s": time.process_time() - t0, "saf_step_s": saf})
+            rows.append({"round": rnd, "reps": w, "injected_s": time.process_time() - t0, "saf_step_s": saf})
     frame = pd.DataFrame(rows)
     frame["share_of_saf_step"] = frame["injected_s"] / frame["saf_step_s"]
     prov = provenance(torch.device("cpu"), "python scripts/gate_campaign.py calibrate")
     OUT.mkdir(parents=True, exist_ok=True)
     io.write_csv(OUT / "calibration.csv", frame.assign(**prov))
-    print(frame.groupby("width")["share_of_saf_step"].median())
+    print(frame.groupby("reps")["share_of_saf_step"].median())
 
 
 def widths() -> dict[float, int]:
-    """Width for each size, from the calibration's median share per unit of width (cost is linear in it)."""
+    """Repetitions for each size, from the calibration's median share per repetition (cost is linear in it)."""
     import pandas as pd
 
     frame = pd.read_csv(OUT / "calibration.csv")
-    per_unit = (frame["share_of_saf_step"] / frame["width"]).median()
+    per_unit = (frame["share_of_saf_step"] / frame["reps"]).median()
     return {size: max(1, round(size / per_unit)) for size in SIZES}
 
 
@@ -103,7 +104,7 @@ def scratch_commit(base: str, kind: str, size: float, width: int) -> str:
         return exists.stdout.strip()
     git("checkout", "-q", "--detach", base, cwd=SCRATCH)
     target = SCRATCH / ("optimizers/saf.py" if kind == "saf" else "optimizers/base.py")
-    text = target.read_text() + WASTE.format(width=width)
+    text = target.read_text() + WASTE.format(reps=width)
     if kind == "saf":  # in SAF's regularizer: every SAF step, no other method's
         anchor = "        self._check_indices(indices)\n"
     else:  # in the base step: SGD's and SAF's (and every method using the shared step)
@@ -111,7 +112,7 @@ def scratch_commit(base: str, kind: str, size: float, width: int) -> str:
     assert text.count(anchor) == 1, anchor
     text = text.replace(anchor, anchor + "        _injected_slowdown(inputs)\n")
     target.write_text(text)
-    git("commit", "-q", "-am", f"SCRATCH (never merge): {kind} step +{100 * size:g}% injected work, width {width}",
+    git("commit", "-q", "-am", f"SCRATCH (never merge): {kind} step +{100 * size:g}% injected work, {width} products",
         cwd=SCRATCH)
     git("branch", "-f", branch, "HEAD", cwd=SCRATCH)
     return git("rev-parse", "HEAD", cwd=SCRATCH)
