@@ -51,7 +51,7 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--alpha", type=float, default=verdict.ALPHA,
                    help=f"significance level of the rank test (default {verdict.ALPHA:g})")
     g.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S,
-                   help=f"seconds for one --against comparison, start-up included; sets the number of "
+                   help=f"seconds of --against's timed rounds (start-up comes on top); sets the number of "
                         f"round pairs (default {DEFAULT_BUDGET_S:g})")
     g.add_argument("--timer", choices=("auto", "wall", "process"), default="auto",
                    help="--against's clock: wall time, or the worker's CPU time (auto: CPU time on the CPU, "
@@ -129,6 +129,11 @@ def _rounds_frame(samples: Samples, settings: Mapping[str, Any], commits: Mappin
     return pd.DataFrame(rows)
 
 
+def _text(value: Any) -> str:
+    """A setting as a stored CSV cell compares: None and NaN alike empty."""
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+
+
 def _stored_base(path: Path, settings: Mapping[str, Any], methods: Sequence[str]) -> tuple[dict[str, list[float]], str]:
     """The head samples of an earlier run's rounds file, refused when its settings differ from these."""
     try:
@@ -140,7 +145,7 @@ def _stored_base(path: Path, settings: Mapping[str, Any], methods: Sequence[str]
     for key in SETTING_KEYS:
         if key in ("device",):
             continue
-        if key not in frame.columns or str(stored[key]) != str(settings[key]):
+        if key not in frame.columns or _text(stored[key]) != _text(settings[key]):
             raise UsageError(f"--against {path}: measured with {key}={stored.get(key)!r}, this run has "
                              f"{settings[key]!r}; pass the same settings")
     missing = [m for m in methods if m not in set(frame["method"])]
