@@ -29,7 +29,7 @@ SIZES = (0.03, 0.05, 0.10)
 REPS = 5
 IDENTICAL_PER_REP = 4  # 20 comparisons of identical code
 SETTINGS = ["--device", "cpu", "--models", "cnn_small", "--methods", "sgd", "saf", "--batch-size", "32",
-            "--steps", "1", "--budget-s", "40"]
+            "--steps", "1", "--budget-s", "30"]
 WASTE = '''
 
 _WASTE: dict = {{}}
@@ -121,12 +121,12 @@ def scratch_commit(base: str, kind: str, size: float, width: int) -> str:
 def plan() -> list[tuple[str, int]]:
     """Conditions interleaved rep by rep, so the machine's load of the hour spreads over all of them."""
     order = []
-    power = [f"{kind}-{round(100 * size)}" for size in SIZES for kind in ("saf", "all")]
-    for rep in range(REPS):
-        identical = [("identical", rep * IDENTICAL_PER_REP + i) for i in range(IDENTICAL_PER_REP)]
-        mixed = [(cond, rep) for cond in power]
-        for i in range(max(len(identical), len(mixed))):  # identical and injected runs alternate
-            order += identical[i:i + 1] + mixed[i:i + 1]
+    first = [f"{kind}-{round(100 * size)}" for size in SIZES[::-1] if size >= 0.05 for kind in ("saf", "all")]
+    for rep in range(REPS):  # 10% and 5% first: the smallest size caught matters most if time runs out
+        for i, cond in enumerate(first):
+            order += [("identical", rep * IDENTICAL_PER_REP + i), (cond, rep)]
+    order += [(f"{kind}-{round(100 * size)}", rep) for rep in range(REPS) for size in SIZES if size < 0.05
+              for kind in ("saf", "all")]
     return order
 
 
