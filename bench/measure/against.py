@@ -9,6 +9,7 @@ round. Round pairs are taken until the rounds' budget is spent. Samples: per sid
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import subprocess
@@ -28,6 +29,19 @@ MIN_PAIRS = 6
 SIDES = ("base", "head")
 
 
+ADDR_NO_RANDOMIZE = 0x0040000  # linux/personality.h
+
+
+def _same_addresses() -> None:
+    """In the worker before it starts: no address-space randomisation. Two processes of identical code then
+    lay out their memory alike; with randomised addresses, buffers that alias in the cache differ per
+    process and identical code ran 6-8% apart in CPU time on this project's CPU (results/overhead/GATE.md)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).personality(ADDR_NO_RANDOMIZE)
+    except (OSError, AttributeError):  # not Linux: randomised, as before
+        pass
+
+
 class WorkerError(Exception):
     """A side's code could not be built, warmed up or timed; the message is one line."""
 
@@ -42,10 +56,12 @@ class Worker:
         # glibc moves its mmap threshold with each process's history of frees, so two processes of the same
         # code can place the same tensors differently; a fixed threshold takes that difference away.
         env.setdefault("MALLOC_MMAP_THRESHOLD_", str(4 << 20))
+        env["PYTHONHASHSEED"] = "0"  # the same dict and set orders in both processes
         env.pop("PYTHONPATH", None)
         env.pop("SAFBENCH_CRASH_AT", None)  # fault points are the comparing process's, not the timed code's
         self.proc = subprocess.Popen([sys.executable, str(WORKER), "--root", str(root)], cwd=root, env=env,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True)
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True,
+                                     preexec_fn=_same_addresses)
         self._send(json.dumps(settings))
 
     def _send(self, line: str) -> None:

@@ -9,9 +9,11 @@ the rule, not by the machine's luck. A kill lands at a fault point (SAFBENCH_CRA
 from __future__ import annotations
 
 import os
+import signal
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -115,3 +117,25 @@ def test_a_bad_ref_is_one_line(code_repo: Path) -> None:
     result = run_main(*FAST, "--against", "no-such-branch", cwd=code_repo)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert "--against 'no-such-branch' names no commit" in result.stderr
+
+
+@pytest.mark.slow
+def test_sigterm_while_timing_removes_the_worktree(code_repo: Path, tmp_path: Path) -> None:
+    before = state(code_repo)
+    entered, release = tmp_path / "entered", tmp_path / "release"
+    env = {**os.environ, "SAFBENCH_PAUSE_AT": f"against-workers-ready:{entered}:{release}"}
+    proc = subprocess.Popen([sys.executable, "-m", "bench", *FAST, "--against", "HEAD"], cwd=code_repo, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        while not entered.exists():  # both workers are up and the base worktree is in use
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
+        assert len(worktree.ours(code_repo)) == 1
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        release.touch()
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert err.strip() == "safbench: terminated (SIGTERM)"
+    assert worktree.ours(code_repo) == [] and state(code_repo) == before
