@@ -131,14 +131,17 @@ def plan() -> list[tuple[str, int]]:
 
 
 def run() -> None:
-    base = git("rev-parse", "HEAD")
-    if git("status", "--porcelain", "--untracked-files=no"):
+    """Resume with the base of the stored comparisons (commits.json) when there are some."""
+    stored = OUT / "commits.json"
+    base = json.loads(stored.read_text())["base"] if stored.exists() else git("rev-parse", "HEAD")
+    if not stored.exists() and git("status", "--porcelain", "--untracked-files=no"):
         sys.exit("commit first: the comparisons name this checkout's HEAD as their base")
     if not SCRATCH.exists():
         git("worktree", "add", "-q", "--detach", str(SCRATCH), base)
     width = widths()
     commits = {f"{k}-{round(100 * s)}": scratch_commit(base, k, s, width[s]) for k in ("saf", "all") for s in SIZES}
     commits["identical"] = base
+    (OUT / "commits.json").write_text(json.dumps({"base": base, **commits}, indent=1) + "\n")
     (OUT / "rounds").mkdir(parents=True, exist_ok=True)
     python = ROOT / ".venv" / "bin" / "python"
     for cond, rep in plan():
@@ -163,7 +166,6 @@ def run() -> None:
                                                 wall_s=time.time() - t0, scratch_commit=commits[cond])
             frame.to_csv(OUT / f".{name}.csv.tmp", index=False)
             Path(OUT / f".{name}.csv.tmp").rename(OUT / f"{name}.csv")
-    (OUT / "commits.json").write_text(json.dumps({"base": base, **commits}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

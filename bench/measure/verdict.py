@@ -96,8 +96,9 @@ def paired(base: Mapping[str, Sequence[float]], head: Mapping[str, Sequence[floa
             rr = r / (np.asarray(head[reference], dtype=float) / np.asarray(base[reference], dtype=float))
             rel = median_interval(rr)
             p_rel = (_signed_rank(np.log(rr), "greater"), _signed_rank(np.log(rr), "less"))
-            if called == "unchanged":  # the ratio to SGD, immune to a speed the whole process has
-                called = call(rel[0], *p_rel, alpha=alpha, min_change=min_change)
+            # The ratio to SGD is immune to a speed the whole process has: slower on either count is slower.
+            by_rel = call(rel[0], *p_rel, alpha=alpha, min_change=min_change)
+            called = "slower" if "slower" in (called, by_rel) else called if called != "unchanged" else by_rel
         out.append(Change(method, len(r), ratio, low, high, p_slow, p_fast, *rel, verdict=called,
                           p_sgd_ratio_slower=p_rel[0], p_sgd_ratio_faster=p_rel[1]))
     return out

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from bench.faultpoints import CRASH_ENV, CRASH_EXIT
@@ -62,6 +63,10 @@ def test_against_head_runs_and_exits_0(code_repo: Path, tmp_path: Path) -> None:
     assert "unchanged" in result.stdout and "6 round pairs" in result.stdout
     assert state(code_repo) == before  # no worktree left, nothing of the user's changed
     assert [p.name.split("-")[0] for p in sorted(tmp_path.iterdir())] == ["against", "rounds"]
+    rounds = pd.read_csv(next(tmp_path.glob("rounds-*.csv")))
+    firsts = rounds.drop_duplicates("pair").sort_values("pair")["first"].tolist()
+    assert firsts == ["base", "head"] * 3  # ABBA: the side that runs first alternates
+    assert set(rounds["code_commit"]) == {git(code_repo, "rev-parse", "HEAD").strip()}
 
 
 @pytest.mark.slow

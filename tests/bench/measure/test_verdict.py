@@ -96,3 +96,15 @@ def test_unpaired_samples_of_a_stored_run() -> None:
 def test_paired_refuses_rounds_of_different_lengths() -> None:
     with pytest.raises(ValueError, match="saf: 3 head rounds but 2 base rounds"):
         verdict.paired({"saf": [1.0, 1.0]}, {"saf": [1.0, 1.0, 1.0]})
+
+
+def test_a_slowdown_hidden_by_a_faster_head_process_is_seen_in_the_ratio_to_sgd() -> None:
+    # The head's process runs everything 6% faster (memory placement), SAF's step got 6% slower in it:
+    # SAF's absolute time is unchanged, its ratio to SGD is not.
+    changes = {c.method: c for c in verdict.paired(*rounds(7, slow={"sgd": 0.94, "saf": 0.94 * 1.06,
+                                                                     "sam": 0.94}))}
+    assert 0.97 < changes["saf"].ratio < 1.03 and changes["saf"].sgd_ratio_change > 1.04
+    assert changes["saf"].verdict == "slower" and changes["sam"].verdict == "faster"
+    # 10% faster process, SAF 5% slower in it: faster in absolute time, still slower than it was against SGD
+    changes = {c.method: c for c in verdict.paired(*rounds(8, slow={"sgd": 0.9, "saf": 0.9 * 1.05, "sam": 0.9}))}
+    assert changes["saf"].ratio < 0.97 and changes["saf"].verdict == "slower"
