@@ -40,8 +40,8 @@ def rule_table(found: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (cond, rep), _ in found.groupby(["condition", "rep"], sort=False):
         rounds = pd.read_csv(GATE / "rounds" / f"{cond}-{rep:02d}.csv")
-        times = {side: {m: g.sort_values("pair")["step_s"].tolist() for m, g in rounds[rounds["side"] == side].groupby("method")}
-                 for side in ("base", "head")}
+        times = {side: {m: g.sort_values("pair")["step_s"].tolist()
+                        for m, g in rounds[rounds["side"] == side].groupby("method")} for side in ("base", "head")}
         for min_change in MIN_CHANGES:
             changes = pd.DataFrame([c.__dict__ for c in verdict.paired(times["base"], times["head"],
                                                                        min_change=min_change)])
@@ -94,7 +94,7 @@ def gate_md(found: pd.DataFrame, summary: pd.DataFrame, rules: pd.DataFrame) -> 
         "",
         f"Each comparison: `{first['command'].split(' --out ')[0]}` (REF = HEAD for identical code, else the",
         f"base commit `{first['base_commit'][:12]}`), on `{first['device_name']}`, torch {first['torch_version']},",
-        f"one thread per worker, both workers pinned to one core, CPU time per step, rounds alternating ABBA.",
+        "one thread per worker, both workers pinned to one core, CPU time per step, rounds alternating ABBA.",
         "",
         "Load: the ordinary load of this project's development work: two background training processes, other",
         "helpers' tests and grids (load average 7–13 on 2 cores while these ran, from `uptime`).",
@@ -120,7 +120,8 @@ def gate_md(found: pd.DataFrame, summary: pd.DataFrame, rules: pd.DataFrame) -> 
     ]
     for cond, g in summary[summary["condition"] != "identical"].groupby("condition", sort=False):
         hits = now[now["condition"] == cond]["detected"]
-        lines.append(f"| {cond}% | {rate(int(hits.sum()), len(hits))} | {rate(int((g['exit_status'] == 1).sum()), len(g))} "
+        exits = rate(int((g["exit_status"] == 1).sum()), len(g))
+        lines.append(f"| {cond}% | {rate(int(hits.sum()), len(hits))} | {exits} "
                      f"| {g['saf_head_over_base'].median():.3f} | "
                      f"{g['sgd_head_over_base'].median():.3f} | {g['saf_sgd_ratio_change'].median():.3f} |")
     lines += ["", "## The rule at other minimum changes (re-applied to the stored rounds)", "",
@@ -128,7 +129,8 @@ def gate_md(found: pd.DataFrame, summary: pd.DataFrame, rules: pd.DataFrame) -> 
               "| --- | --- |" + " --- |" * len(set(rules["condition"]) - {"identical"})]
     for mc, g in rules.groupby("min_change"):
         fa = g[g["condition"] == "identical"]
-        cells = [rate(int(h["detected"].sum()), len(h)) for _, h in sorted(g[g["condition"] != "identical"].groupby("condition"))]
+        injected = g[g["condition"] != "identical"].groupby("condition")
+        cells = [rate(int(h["detected"].sum()), len(h)) for _, h in sorted(injected)]
         lines.append(f"| {mc:g} | {rate(int(fa['alarm'].sum()), len(fa))} | " + " | ".join(cells) + " |")
     lines += ["", "## Time per comparison", "",
               f"Wall time per comparison (driver start to exit): median {summary['wall_s'].median():.0f} s "

@@ -30,12 +30,13 @@ from ..errors import UsageError
 from ..provenance import device_name, provenance
 from ..records import overhead_csv
 from ..targets import LOOP_TARGET
-from .batches import IMAGENET_SAMPLES, SHAPES
 from . import gate
+from .batches import IMAGENET_SAMPLES, SHAPES
 from .config import PRECISIONS, OverheadConfig
 from .loop import measure_loop
 from .methods import METHODS, REFERENCE
 from .rows import LoopRow, OverheadRow, StoreRow, records
+from .rows import text_table as _table
 from .steps import measure_steps
 from .store import store_report
 
@@ -259,11 +260,6 @@ def _gb(n: int | None) -> str:
     return "-" if n is None else f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
-def _table(header: Sequence[str], lines: Sequence[Sequence[str]], align: str) -> str:
-    """Columns padded to their widest cell; `align` has one 'l' or 'r' per column."""
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *lines, strict=True)]
-    fmt = "  ".join(f"{{:{'<' if a == 'l' else '>'}{w}}}" for a, w in zip(align, widths, strict=True))
-    return "\n".join(fmt.format(*row).rstrip() for row in (header, *lines))
 
 
 def format_steps(rows: Sequence[OverheadRow]) -> str:

@@ -29,7 +29,7 @@ from ..targets import CI_LIMITS, STEP_TARGETS
 from . import verdict, worktree
 from .against import SIDES, Samples, compare
 from .methods import METHODS, REFERENCE
-from .rows import OverheadRow
+from .rows import OverheadRow, text_table
 
 DEFAULT_BUDGET_S = 180.0
 SETTING_KEYS = ("model", "shape", "batch_size", "precision", "steps", "warmup", "num_samples", "seed",
@@ -156,8 +156,6 @@ def _stored_base(path: Path, settings: Mapping[str, Any], methods: Sequence[str]
 
 def format_changes(changes: Sequence[verdict.Change], samples: Samples | None, base: Mapping[str, list[float]],
                    head: Mapping[str, list[float]]) -> str:
-    from .cli import _table
-
     header = ("method", "base ms", "head ms", "head/base", "[95% CI]", "p slower", "x SGD change", "[95% CI]",
               "verdict")
     lines = []
@@ -167,10 +165,11 @@ def format_changes(changes: Sequence[verdict.Change], samples: Samples | None, b
         lines.append((c.method, f"{1e3 * statistics.median(base[c.method]):.2f}",
                       f"{1e3 * statistics.median(head[c.method]):.2f}", f"{c.ratio:.3f}",
                       f"[{c.low:.3f}, {c.high:.3f}]", f"{c.p_slower:.2g}", *rel, c.verdict))
-    return _table(header, lines, "lrrrrrrrl")
+    return text_table(header, lines, "lrrrrrrrl")
 
 
-def run_against(args: argparse.Namespace, settings: dict[str, Any], gated: Sequence[str], limits: Mapping[str, float] | None,
+def run_against(args: argparse.Namespace, settings: dict[str, Any], gated: Sequence[str],
+                limits: Mapping[str, float] | None,
                 out: Path | None) -> int:
     """Compare, print the table, write the rounds and changes (with --out) and history; the exit status."""
     if args.budget_s <= 0 or not 0 < args.alpha < 1 or args.min_change < 0:

@@ -11,7 +11,8 @@ the step benchmark has (`OverheadConfig`, `StepBenchmark`, its `warm_up()` and `
 
 Protocol, one JSON object per line: stdin gets the settings, then "round" (time every method once, in a
 freshly shuffled order) or "quit"; stdout answers {"ready": ...} after building and warming up, then
-{"times": {method: seconds per step}} per round (settings' "timer": "wall" or "process" CPU time), or {"error": "one line"} before exiting with ERROR_EXIT.
+{"times": {method: seconds per step}} per round (settings' "timer": "wall" or "process" CPU time), or
+{"error": "one line"} before exiting with ERROR_EXIT.
 Anything the timed code prints goes to stderr, so the answers stay parseable.
 """
 

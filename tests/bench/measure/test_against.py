@@ -9,8 +9,8 @@ the rule, not by the machine's luck. A kill lands at a fault point (SAFBENCH_CRA
 from __future__ import annotations
 
 import os
-import signal
 import shutil
+import signal
 import subprocess
 import sys
 import time
