@@ -45,7 +45,7 @@ def measured(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return timed
 
 
-def test_limits_judge_the_median_ratio(measured: list[str]) -> None:
+def test_limits_judge_the_median_ratio(measured: list[str], tmp_path: Path) -> None:
     low = run_main(*TINY, "--limit", "saf=0.5")
     assert low.returncode == 1
     assert low.stderr.strip().splitlines() == [
@@ -54,7 +54,8 @@ def test_limits_judge_the_median_ratio(measured: list[str]) -> None:
     assert run_main(*TINY, "--limit", "saf=1.2").returncode == 0  # at the limit is within it
     assert run_main(*TINY, "--check").returncode == 1  # the CPU default for SAF is 1.10 (bench.targets)
     assert run_main(*TINY, "--check", "--limit", "SAF=1.5").returncode == 0
-    assert run_main(*TINY).returncode == 0  # no --check: the table only
+    plain = run_main(*TINY, "--out", str(tmp_path))  # no --check: the table (and its CSV) only
+    assert plain.returncode == 0 and len(list(tmp_path.glob("steps-cpu-*.csv"))) == 1
 
 
 @pytest.mark.parametrize(("flag", "says"), [
