@@ -178,3 +178,13 @@ def test_against_bad_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args
 def test_against_outside_a_checkout(tmp_path: Path) -> None:
     result = run_main(*TINY, "--against", "HEAD", cwd=tmp_path)
     assert result.returncode == 2 and "needs a git checkout" in result.stderr
+
+
+def test_against_with_limits_judges_the_heads_ratio_to_sgd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = git_repo(tmp_path / "repo")
+    monkeypatch.setattr(gate, "compare", fake_compare({}, {}))
+    over = run_main(*TINY, "--against", "HEAD", "--limit", "saf=0.5", cwd=repo)
+    assert over.returncode == 1
+    (line,) = over.stderr.strip().splitlines()
+    assert line.startswith("saf: step time 1.0") and "(95% CI [" in line and line.endswith("over its limit 0.5")
+    assert run_main(*TINY, "--against", "HEAD", "--limit", "saf=3", cwd=repo).returncode == 0
