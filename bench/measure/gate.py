@@ -210,9 +210,9 @@ def run_against(args: argparse.Namespace, settings: dict[str, Any], gated: Seque
           f"slower when the signed-rank p < {args.alpha:g} and head/base >= {1 + args.min_change:g}")
     failures = [f"{c.method}: {c.ratio:.3f}x slower than {args.against} (95% CI [{c.low:.3f}, {c.high:.3f}], "
                 f"p = {c.p_slower:.2g})" for c in changes if c.verdict == "slower" and c.method in gated]
+    head_ratios = {m: verdict.median_interval([h / r for h, r in zip(head[m], head[REFERENCE], strict=True)])
+                   for m in methods}  # the head's ratio to SGD per round: median and 95% interval
     if limits is not None:
-        head_ratios = {m: verdict.median_interval([h / r for h, r in zip(head[m], head[REFERENCE], strict=True)])
-                       for m in methods}
         failures += limit_failures(head_ratios, limits, "95% CI")
     commits = {"base": base_commit, "head": head_commit}
     change_rows = [{**c.__dict__, "base_commit": base_commit, "head_commit": head_commit, "ref": args.against,
@@ -231,8 +231,8 @@ def run_against(args: argparse.Namespace, settings: dict[str, Any], gated: Seque
             "tree": "dirty" if head_commit.endswith("-dirty") else "clean", "device_name": prov["device_name"],
             "threads": settings["threads"], "torch_version": prov["torch_version"], "model": settings["model"],
             "method": m, "step_ms": 1e3 * statistics.median(head[m]),
-            "ratio_to_sgd": statistics.median(h / r for h, r in zip(head[m], head[REFERENCE], strict=True)),
-            "ratio_low": None, "ratio_high": None, "interval": "", "base_commit": base_commit,
+            "ratio_to_sgd": head_ratios[m][0], "ratio_low": head_ratios[m][1], "ratio_high": head_ratios[m][2],
+            "interval": "ci95", "base_commit": base_commit,
             "head_over_base": c.ratio, "head_over_base_low": c.low, "head_over_base_high": c.high,
             "verdict": c.verdict} for m, c in zip(methods, changes, strict=True)])
     for line in failures:

@@ -125,8 +125,12 @@ def test_against_exit_status_and_lines(tmp_path: Path, monkeypatch: pytest.Monke
                                        named: list[str]) -> None:
     repo, seen = git_repo(tmp_path / "repo"), {}
     monkeypatch.setattr(gate, "compare", fake_compare(slow, seen))
-    result = run_main(*TINY, "--against", "HEAD", "--out", str(tmp_path / "out"), cwd=repo)
+    result = run_main(*TINY, "--against", "HEAD", "--out", str(tmp_path / "out"), "--history",
+                      str(tmp_path / "history.csv"), cwd=repo)
     assert result.returncode == code, result.stderr
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert list(history["method"]) == ["sgd", "saf"] and (history["ratio_low"] <= history["ratio_to_sgd"]).all()
+    assert list(history["verdict"] == "slower") == [m in named for m in ("sgd", "saf")]
     lines = result.stderr.strip().splitlines()
     assert [line.split(":")[0] for line in lines] == named
     assert all("slower than HEAD (95% CI [" in line for line in lines)
