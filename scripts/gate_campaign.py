@@ -121,12 +121,11 @@ def scratch_commit(base: str, kind: str, size: float, width: int) -> str:
 def plan() -> list[tuple[str, int]]:
     """Conditions interleaved rep by rep, so the machine's load of the hour spreads over all of them."""
     order = []
-    first = [f"{kind}-{round(100 * size)}" for size in SIZES[::-1] if size >= 0.05 for kind in ("saf", "all")]
-    for rep in range(REPS):  # 10% and 5% first: the smallest size caught matters most if time runs out
-        for i, cond in enumerate(first):
-            order += [("identical", rep * IDENTICAL_PER_REP + i), (cond, rep)]
-    order += [(f"{kind}-{round(100 * size)}", rep) for rep in range(REPS) for size in SIZES if size < 0.05
-              for kind in ("saf", "all")]
+    sizes = [f"{kind}-{round(100 * size)}" for size in SIZES for kind in ("saf", "all")]
+    for rep in range(REPS):  # per rep: an identical comparison, then two injected ones, and so on
+        ident = [("identical", rep * IDENTICAL_PER_REP + i) for i in range(IDENTICAL_PER_REP)]
+        for i in range(IDENTICAL_PER_REP):
+            order += ident[i:i + 1] + [(cond, rep) for cond in sizes[2 * i:2 * i + 2]]
     return order
 
 
