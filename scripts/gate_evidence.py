@@ -124,6 +124,19 @@ def gate_md(found: pd.DataFrame, summary: pd.DataFrame, rules: pd.DataFrame) -> 
         lines.append(f"| {cond}% | {rate(int(hits.sum()), len(hits))} | {exits} "
                      f"| {g['saf_head_over_base'].median():.3f} | "
                      f"{g['sgd_head_over_base'].median():.3f} | {g['saf_sgd_ratio_change'].median():.3f} |")
+    lines += ["", "Sizes: nominal from the calibration (the product's own cost against SAF's step in one process); "
+              "the realised size is the median head/base above, to be read against the identical comparisons' "
+              f"median SAF head/base of {ident['saf_head_over_base'].median():.3f} (SGD "
+              f"{ident['sgd_head_over_base'].median():.3f}).", ""]
+    for kind, label in (("saf", "SAF alone"), ("all", "every method")):
+        caught = []
+        conds = {c for c in now["condition"] if c.startswith(kind + "-")}
+        for cond in sorted(conds, key=lambda c: int(c.split("-")[1])):
+            hits = now[now["condition"] == cond]["detected"]
+            if len(hits) >= 5 and hits.mean() >= 0.8:
+                caught.append(f"{cond}% ({int(hits.sum())}/{len(hits)})")
+        lines.append(f"- Smallest slowdown caught at least 4 times in 5, {label}: "
+                     + (caught[0] if caught else "none with 5 or more comparisons yet") + ".")
     lines += ["", "## The rule at other minimum changes (re-applied to the stored rounds)", "",
               "| min change | false alarms | " + " | ".join(sorted(set(rules["condition"]) - {"identical"})) + " |",
               "| --- | --- |" + " --- |" * len(set(rules["condition"]) - {"identical"})]
