@@ -35,7 +35,7 @@ ADDR_NO_RANDOMIZE = 0x0040000  # linux/personality.h
 def _same_addresses() -> None:
     """In the worker before it starts: no address-space randomisation. Two processes of identical code then
     lay out their memory alike; with randomised addresses, buffers that alias in the cache differ per
-    process and identical code ran 6-8% apart in CPU time on this project's CPU (results/overhead/GATE.md)."""
+    process, and in pilot comparisons (not stored) identical code ran up to 6-8% apart in CPU time."""
     try:
         ctypes.CDLL(None, use_errno=True).personality(ADDR_NO_RANDOMIZE)
     except (OSError, AttributeError):  # not Linux: randomised, as before

@@ -133,7 +133,8 @@ def test_against_exit_status_and_lines(tmp_path: Path, monkeypatch: pytest.Monke
     assert list(history["verdict"] == "slower") == [m in named for m in ("sgd", "saf")]
     lines = result.stderr.strip().splitlines()
     assert [line.split(":")[0] for line in lines] == named
-    assert all("slower than HEAD (95% CI [" in line for line in lines)
+    assert all(line.split(": ", 1)[1].startswith("slower than HEAD: step time x1.") for line in lines)
+    assert all("(95% CI [" in line for line in lines)
     assert seen["exists"] == {"base": True, "head": True} and seen["roots"]["head"] == repo.resolve()
     assert not seen["roots"]["base"].exists()  # the worktree is gone afterwards
     assert "worktree" not in subprocess.run(["git", "-C", str(repo), "worktree", "list"], capture_output=True,
