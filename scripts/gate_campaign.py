@@ -121,11 +121,13 @@ def scratch_commit(base: str, kind: str, size: float, width: int) -> str:
 def plan() -> list[tuple[str, int]]:
     """Conditions interleaved rep by rep, so the machine's load of the hour spreads over all of them."""
     order = []
-    sizes = [f"{kind}-{round(100 * size)}" for size in SIZES for kind in ("saf", "all")]
-    for rep in range(REPS):  # per rep: an identical comparison, then two injected ones, and so on
+    small = [f"{kind}-{round(100 * size)}" for size in SIZES if size < 0.10 for kind in ("saf", "all")]
+    for rep in range(REPS):  # per rep: identical, the two 3% kinds, identical, the two 5% kinds
         ident = [("identical", rep * IDENTICAL_PER_REP + i) for i in range(IDENTICAL_PER_REP)]
-        for i in range(IDENTICAL_PER_REP):
-            order += ident[i:i + 1] + [(cond, rep) for cond in sizes[2 * i:2 * i + 2]]
+        order += ident[:1] + [(c, rep) for c in small[:2]] + ident[1:2] + [(c, rep) for c in small[2:]]
+    for rep in range(REPS):  # 10%, caught every time so far, and the other identical runs last
+        order += [(f"{kind}-10", rep) for kind in ("saf", "all")]
+        order += [("identical", rep * IDENTICAL_PER_REP + i) for i in range(2, IDENTICAL_PER_REP)]
     return order
 
 
