@@ -193,3 +193,17 @@ def test_against_with_limits_judges_the_heads_ratio_to_sgd(tmp_path: Path, monke
     (line,) = over.stderr.strip().splitlines()
     assert line.startswith("saf: step time 1.0") and "(95% CI [" in line and line.endswith("over its limit 0.5")
     assert run_main(*TINY, "--against", "HEAD", "--limit", "saf=3", cwd=repo).returncode == 0
+
+
+def test_the_ci_and_readme_gate_commands_parse() -> None:
+    from bench.cli import build_parser
+    from tests.test_scripts import safbench_calls
+
+    root = Path(__file__).resolve().parents[3]
+    (ci,) = safbench_calls(root / ".ci" / "run")
+    readme = [line.split("run: ", 1)[1] for line in (root / "README.md").read_text().splitlines()
+              if "run: .venv/bin/safbench overhead" in line]
+    assert len(readme) == 1
+    for argv in (ci, readme[0].split()[1:]):
+        args = build_parser().parse_args(argv[: argv.index("||")] if "||" in argv else argv)
+        assert args.against and "saf" in args.methods
