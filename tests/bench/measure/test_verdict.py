@@ -32,7 +32,7 @@ def verdicts(changes: list[verdict.Change]) -> dict[str, str]:
 def test_identical_distributions_pass() -> None:
     called = [verdicts(verdict.paired(*rounds(seed))) for seed in range(200)]
     alarms = sum(any(v != "unchanged" for v in c.values()) for c in called)
-    assert alarms <= 2  # alpha 0.01 per side and method, and the 3% minimum on top: next to none
+    assert alarms <= 2  # alpha 0.01 per side and method, and the 5% minimum on top: next to none
 
 
 def test_a_shifted_method_fails_alone() -> None:
@@ -54,7 +54,8 @@ def test_a_common_shift_fails_every_method_though_ratios_to_sgd_hold() -> None:
 
 def test_faster_is_called_and_a_significant_change_below_the_minimum_is_not() -> None:
     assert verdicts(verdict.paired(*rounds(3, slow={"sam": 0.9})))["sam"] == "faster"
-    quiet = {c.method: c for c in verdict.paired(*rounds(4, n=200, noise=0.005, slow={"saf": 1.015}))}
+    quiet = {c.method: c for c in verdict.paired(*rounds(4, n=200, noise=0.005, slow={"saf": 1.015}),
+                                                 min_change=0.03)}
     assert quiet["saf"].p_slower < 1e-6 and quiet["saf"].verdict == "unchanged"  # real, but under 3%
     loud = verdict.paired(*rounds(4, n=200, noise=0.005, slow={"saf": 1.015}), min_change=0.01)
     assert verdicts(loud)["saf"] == "slower"
@@ -102,9 +103,10 @@ def test_a_slowdown_hidden_by_a_faster_head_process_is_seen_in_the_ratio_to_sgd(
     # The head's process runs everything 6% faster (memory placement), SAF's step got 6% slower in it:
     # SAF's absolute time is unchanged, its ratio to SGD is not.
     changes = {c.method: c for c in verdict.paired(*rounds(7, slow={"sgd": 0.94, "saf": 0.94 * 1.06,
-                                                                     "sam": 0.94}))}
+                                                                     "sam": 0.94}), min_change=0.03)}
     assert 0.97 < changes["saf"].ratio < 1.03 and changes["saf"].sgd_ratio_change > 1.04
     assert changes["saf"].verdict == "slower" and changes["sam"].verdict == "faster"
     # 10% faster process, SAF 5% slower in it: faster in absolute time, still slower than it was against SGD
-    changes = {c.method: c for c in verdict.paired(*rounds(8, slow={"sgd": 0.9, "saf": 0.9 * 1.05, "sam": 0.9}))}
+    changes = {c.method: c for c in verdict.paired(*rounds(8, slow={"sgd": 0.9, "saf": 0.9 * 1.05, "sam": 0.9}),
+                                                   min_change=0.03)}
     assert changes["saf"].ratio < 0.97 and changes["saf"].verdict == "slower"
