@@ -26,7 +26,7 @@ MIN_CHANGES = (0.0, 0.02, 0.03, 0.05, 0.08)
 
 
 def comparisons() -> pd.DataFrame:
-    frames = [pd.read_csv(p) for p in sorted(GATE.glob("*-*.csv")) if p.name != "calibration.csv"]
+    frames = [pd.read_csv(p) for p in sorted(GATE.glob("*-*.csv"))]
     return pd.concat(frames, ignore_index=True)
 
 
@@ -80,6 +80,7 @@ def main() -> None:
 
 
 def gate_md(found: pd.DataFrame, summary: pd.DataFrame, rules: pd.DataFrame) -> str:
+    load = pd.read_csv(GATE / "load.csv")
     ident = summary[summary["condition"] == "identical"]
     now = rules[rules["min_change"] == verdict.MIN_CHANGE]
     alarms = int(now.loc[now["condition"] == "identical", "alarm"].sum())
@@ -97,14 +98,17 @@ def gate_md(found: pd.DataFrame, summary: pd.DataFrame, rules: pd.DataFrame) -> 
         "one thread per worker, both workers pinned to one core, CPU time per step, rounds alternating ABBA.",
         "",
         "Load: the ordinary load of this project's development work: two background training processes, other",
-        "helpers' tests and grids (load average 7–13 on 2 cores while these ran, from `uptime`).",
+        "helpers' tests, grids and Hessian jobs. `gate/load.csv` samples /proc/loadavg every 30 s from 14:20 UTC",
+        f"on (the comparisons before that ran under the same kind of load, not sampled): 1-minute load average "
+        f"median {load['load1'].median():.1f} (range {load['load1'].min():.1f}–{load['load1'].max():.1f}) on 2 cores; "
+        "`gate/load-processes.txt` is one snapshot of what ran.",
         "",
         "## False alarms (identical code, REF = HEAD)",
         "",
         f"Flagged a slowdown by the rule (p < {verdict.ALPHA:g}, min change {verdict.MIN_CHANGE:g}): "
         f"**{rate(alarms, len(ident))}**.",
-        f"At run time (the rule of base commit `{first['base_commit'][:12]}`, which differs only in taking the ratio",
-        f"to SGD when the absolute change alone is unchanged) exit status 1 in "
+        f"At run time (the rule of base commit `{first['base_commit'][:12]}`: minimum change 3%, the ratio to SGD",
+        f"consulted only when the step time alone said unchanged) exit status 1 in "
         f"{int((ident['exit_status'] == 1).sum())} of {len(ident)}; a method called *faster* (no failure, but the "
         f"same kind of error) in {int((ident['faster'] != '').sum())} of {len(ident)}.",
         "",
@@ -121,7 +125,7 @@ def gate_md(found: pd.DataFrame, summary: pd.DataFrame, rules: pd.DataFrame) -> 
     for cond, g in summary[summary["condition"] != "identical"].groupby("condition", sort=False):
         hits = now[now["condition"] == cond]["detected"]
         exits = rate(int((g["exit_status"] == 1).sum()), len(g))
-        lines.append(f"| {cond}% | {rate(int(hits.sum()), len(hits))} | {exits} "
+        lines.append(f"| {cond}% nominal | {rate(int(hits.sum()), len(hits))} | {exits} "
                      f"| {g['saf_head_over_base'].median():.3f} | "
                      f"{g['sgd_head_over_base'].median():.3f} | {g['saf_sgd_ratio_change'].median():.3f} |")
     lines += ["", "Sizes: nominal from the calibration (the product's own cost against SAF's step in one process); "
@@ -145,6 +149,24 @@ def gate_md(found: pd.DataFrame, summary: pd.DataFrame, rules: pd.DataFrame) -> 
         injected = g[g["condition"] != "identical"].groupby("condition")
         cells = [rate(int(h["detected"].sum()), len(h)) for _, h in sorted(injected)]
         lines.append(f"| {mc:g} | {rate(int(fa['alarm'].sum()), len(fa))} | " + " | ".join(cells) + " |")
+    n, enforce = len(ident), len(ident) >= 20 and alarms / max(len(ident), 1) <= 1 / 20
+    lines += ["", "## This repository's CI", "",
+              f"The CI gate enforces only if at least 20 identical comparisons flagged at most 1 in 20: here {alarms} "
+              f"of {n} at the default minimum change {verdict.MIN_CHANGE:g}, so `.ci/run` runs it "
+              + ("**enforcing**." if enforce else "**report-only** (its exit status is printed, not failed)."),
+              "",
+              "Known bias: identical code measured from two paths (the working tree and the temporary worktree) "
+              "is not centred on 1 (the identical comparisons' medians above). Both workers run the same "
+              "files with address randomisation off, so the likeliest cause is memory placement that differs "
+              "with the paths' lengths; the test of that (both roots behind paths of one length) is not done.",
+              ]
+    fa = {mc: (int(g.loc[g["condition"] == "identical", "alarm"].sum()), int((g["condition"] == "identical").sum()))
+          for mc, g in rules.groupby("min_change")}
+    lines += ["", "## Why the default minimum change is 5%", "",
+              f"At 3% the rule flagged {fa[0.03][0]} of {fa[0.03][1]} identical comparisons, at 5% {fa[0.05][0]} of "
+              f"{fa[0.05][1]} (table above): the two workers of identical code are a few percent apart, and the "
+              "minimum change must sit above that. The measurements run with the rule of their base commit "
+              "(3% then); the tables apply today's rule (`bench/measure/verdict.py`) to the same stored rounds."]
     lines += ["", "## Time per comparison", "",
               f"Wall time per comparison (driver start to exit): median {summary['wall_s'].median():.0f} s "
               f"(range {summary['wall_s'].min():.0f}–{summary['wall_s'].max():.0f} s); of it, the two workers' start "
