@@ -169,5 +169,36 @@ def run() -> None:
             Path(OUT / f".{name}.csv.tmp").rename(OUT / f"{name}.csv")
 
 
+def samepath(count: int) -> None:
+    """Identical code (REF = HEAD) in this checkout with its current code: both roots behind links of one
+    length (bench.measure.against.same_length_roots), stored as samepath-<n>."""
+    if git("status", "--porcelain", "--untracked-files=no"):
+        sys.exit("commit first")
+    (OUT / "rounds").mkdir(parents=True, exist_ok=True)
+    python = ROOT / ".venv" / "bin" / "python"
+    for n in range(count):
+        name = f"samepath-{n:02d}"
+        if (OUT / f"{name}.csv").exists():
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.time()
+            cmd = [str(python), "-m", "bench", "overhead", *SETTINGS, "--against", "HEAD", "--out", tmp]
+            done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+            print(f"{name}: exit {done.returncode} in {time.time() - t0:.0f} s\n{done.stdout}{done.stderr}", flush=True)
+            if done.returncode not in (0, 1):
+                continue
+            import pandas as pd
+
+            shutil.move(next(Path(tmp).glob("rounds-*.csv")), OUT / "rounds" / f"{name}.csv")
+            frame = pd.read_csv(next(Path(tmp).glob("against-*.csv"))).assign(
+                condition="samepath", rep=n, exit_status=done.returncode, wall_s=time.time() - t0,
+                scratch_commit=git("rev-parse", "HEAD"))
+            frame.to_csv(OUT / f".{name}.csv.tmp", index=False)
+            Path(OUT / f".{name}.csv.tmp").rename(OUT / f"{name}.csv")
+
+
 if __name__ == "__main__":
-    {"calibrate": calibrate, "run": run}[sys.argv[1]]()
+    if sys.argv[1] == "samepath":
+        samepath(int(sys.argv[2]))
+    else:
+        {"calibrate": calibrate, "run": run}[sys.argv[1]]()

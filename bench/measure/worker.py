@@ -78,7 +78,7 @@ def _round(bench: Any, sync: Any, rng: random.Random, clock: Any) -> dict[str, f
 
 
 def main(argv: list[str]) -> int:
-    root = Path(argv[argv.index("--root") + 1]).resolve()
+    root = Path(argv[argv.index("--root") + 1]).absolute()  # not resolved: the link's length is the point
     sys.path[:] = [str(root)] + [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent]
     answers = os.fdopen(os.dup(1), "w")
     sys.stdout = sys.stderr  # whatever the timed code prints must not mix with the answers
@@ -91,7 +91,7 @@ def main(argv: list[str]) -> int:
             os.sched_setaffinity(0, cpus)
         import bench
 
-        if Path(bench.__file__).resolve().parents[1] != root:
+        if Path(bench.__file__).resolve().parents[1] != root.resolve():
             raise ImportError(f"bench imported from {Path(bench.__file__).parent}, not from {root}")
         bench_, sync = _benchmark(settings)
     except BaseException as exc:  # noqa: BLE001 - any failure of the root's code is reported in one line

@@ -3,7 +3,8 @@
 The repository holds a copy of this checkout's packages, so the base (a temporary worktree of REF) and the
 head (the working tree) are separate code trees that the workers import. No timing is asserted: with the
 fewest round pairs (6) a one-sided signed-rank test cannot reach p < 0.01, so identical code exits 0 by
-the rule, not by the machine's luck. A kill lands at a fault point (SAFBENCH_CRASH_AT), never at a time.
+the rule, not by the machine's luck (a budget of 1e-9 s leaves exactly those 6 pairs). A kill lands at a
+fault point (SAFBENCH_CRASH_AT), never at a time.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from tests.cli_util import run_main
 
 ROOT = Path(__file__).resolve().parents[3]
 FAST = ("overhead", "--device", "cpu", "--models", "mlp_tiny", "--methods", "sgd", "saf", "--batch-size", "8",
-        "--steps", "1", "--warmup", "1", "--num-samples", "64", "--budget-s", "0.1")
+        "--steps", "1", "--warmup", "1", "--num-samples", "64", "--budget-s", "1e-9")
 
 
 def git(repo: Path, *args: str) -> str:
