@@ -139,7 +139,7 @@ def same_length_roots(roots: dict[str, Path], folder: Path) -> dict[str, Path]:
     """Each root behind a link <folder>/<side>: "base" and "head" have one length, so both workers get the same
     argv, cwd and module paths, byte for byte in size. With address randomisation off, the length of what the
     kernel copies onto a new process's stack shifts every address after it (Mytkowicz et al., ASPLOS 2009);
-    on this project's CPU identical code ran 15-20% apart when the base worktree's name grew by one digit."""
+    on this project's CPU identical code ran 15-20% apart from the moment the base worktree's name lost a digit."""
     links = {}
     for side, root in roots.items():
         links[side] = folder / side
