@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -18,6 +19,12 @@ def _report(args: argparse.Namespace) -> int:
                           overhead=args.overhead)
     for damage in report.damaged:
         print(f"safbench: warning: {damage}; left out of the report", file=sys.stderr)
+    history = args.history or Path(args.results) / "overhead" / "history.csv"
+    if args.history or Path(history).is_file():  # the suite's own speed across commits, per device
+        from .report.overhead_history import history_figures, load_history
+
+        for path in history_figures(load_history(history), Path(args.out or args.results) / "figures"):
+            print(f"{path}: step time and ratio to SGD across commits ({history})")
     left_out = f", {len(report.damaged)} damaged runs left out" if report.damaged else ""
     print(f"{report.report}: {len(report.rows)} runs, {len(report.tables)} tables, "
           f"{len(report.figures)} figures{left_out}")
@@ -40,6 +47,10 @@ def _add_report(subparsers: Any) -> None:
                    help="folder of `safbench overhead` CSVs for the cost section (default: RESULTS/overhead "
                         "when it exists)")
     p.add_argument("--no-figures", action="store_true", help="tables and REPORT.md only")
+    p.add_argument("--history", default=None, metavar="FILE",
+                   help="history CSV of `safbench overhead --history`: step time and ratio to SGD per method "
+                        "across commits, one figure per device (default: RESULTS/overhead/history.csv when "
+                        "it exists)")
     p.set_defaults(func=_report)
 
 

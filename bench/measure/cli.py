@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import re
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,11 +30,13 @@ from ..errors import UsageError
 from ..provenance import device_name, provenance
 from ..records import overhead_csv
 from ..targets import LOOP_TARGET
+from . import gate
 from .batches import IMAGENET_SAMPLES, SHAPES
 from .config import PRECISIONS, OverheadConfig
 from .loop import measure_loop
 from .methods import METHODS, REFERENCE
 from .rows import LoopRow, OverheadRow, StoreRow, records
+from .rows import text_table as _table
 from .steps import measure_steps
 from .store import store_report
 
@@ -111,8 +115,9 @@ def register(subparsers: Any) -> None:
                    help="CPU intra-op threads (default: torch's). On a shared machine 1 keeps the ratios those "
                         "of the work: with more, every op waits at a barrier for its slowest thread")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="results/overhead",
-                   help="folder for the CSV files (default results/overhead)")
+    p.add_argument("--out", default=None,
+                   help="folder for the CSV files (default results/overhead; with --against or --check, "
+                        "no files unless given)")
     p.add_argument("--no-steps", dest="step_table", action="store_false",
                    help="skip the per-method step table")
     p.add_argument("--loop", action="store_true",
@@ -129,6 +134,7 @@ def register(subparsers: Any) -> None:
                    help="per-GPU batch of the exchange (default 256)")
     p.add_argument("--world-size", type=int, default=8,
                    help="ranks per node for the store sizes (default 8)")
+    gate.add_flags(p)
     p.set_defaults(func=_overhead)
 
 
@@ -187,7 +193,22 @@ def _overhead(args: argparse.Namespace) -> int:
         compile=args.compile, optimizer=args.optimizer) for model in (args.models or d.models)]
     for config in configs:
         config.validate()
-    out = _prepare_out(args.out)
+    limits = gate.parse_limits(args.limit, device.type) if args.check or args.limit else None
+    judged = args.against is not None or limits is not None
+    out = _prepare_out(args.out or "results/overhead") if args.out or not judged or args.loop or \
+        args.store_report else None
+    if args.against is not None:
+        if len(configs) > 1:
+            raise UsageError("--against compares one model: pass one --models")
+        c = configs[0]
+        settings = {**{k: getattr(c, k) for k in gate.SETTING_KEYS if k not in ("threads", "device", "timer")},
+                    "methods": list(c.methods), "threads": args.threads or (1 if device.type == "cpu" else
+                                                                             torch.get_num_threads()),
+                    "device": str(device),
+                    "timer": ("process" if device.type == "cpu" else "wall") if args.timer == "auto" else args.timer}
+        if device.type == "cpu":  # both workers on the same cores (one at a time runs)
+            settings["cpus"] = sorted(os.sched_getaffinity(0))[: settings["threads"]]
+        return gate.run_against(args, settings, tuple(args.methods or c.methods), limits, out)
     if args.threads:
         torch.set_num_threads(args.threads)  # before provenance: device_name records the thread count
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -197,13 +218,21 @@ def _overhead(args: argparse.Namespace) -> int:
     for note in notes:
         print(f"note: {note}")
 
-    if args.step_table:
-        path, rows = overhead_csv(out, "steps", device_slug(device), stamp), []
+    failures: list[str] = []
+    if args.step_table or limits is not None:
+        path = overhead_csv(out, "steps", device_slug(device), stamp) if out else None
+        rows = []
         for config in configs:
             rows += measure_steps(config, notes=notes, progress=True)
-            io.write_csv(path, pd.DataFrame(records(rows, prov)))  # after every model: keep what is measured
+            if path:
+                io.write_csv(path, pd.DataFrame(records(rows, prov)))  # after every model: keep what is measured
         print(format_steps(rows))
-        print(f"wrote {path}")
+        if path:
+            print(f"wrote {path}")
+        if limits is not None:
+            failures = gate.check_rows(rows, limits)
+        if args.history:
+            gate.append_history(args.history, gate.history_rows(rows, prov, torch.get_num_threads()))
     if args.loop:
         path, loop_rows = overhead_csv(out, "loop", device_slug(device), stamp), []
         loop_methods = tuple(args.methods) if args.methods else LOOP_METHODS
@@ -221,7 +250,9 @@ def _overhead(args: argparse.Namespace) -> int:
         io.write_csv(path, pd.DataFrame(records(store_rows, prov)))
         print(format_store(store_rows))
         print(f"wrote {path}")
-    return 0
+    for line in failures:
+        print(line, file=sys.stderr)
+    return 1 if failures else 0
 
 
 # ---- tables ----------------------------------------------------------------------------------------
@@ -229,11 +260,6 @@ def _gb(n: int | None) -> str:
     return "-" if n is None else f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
-def _table(header: Sequence[str], lines: Sequence[Sequence[str]], align: str) -> str:
-    """Columns padded to their widest cell; `align` has one 'l' or 'r' per column."""
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *lines, strict=True)]
-    fmt = "  ".join(f"{{:{'<' if a == 'l' else '>'}{w}}}" for a, w in zip(align, widths, strict=True))
-    return "\n".join(fmt.format(*row).rstrip() for row in (header, *lines))
 
 
 def format_steps(rows: Sequence[OverheadRow]) -> str:

@@ -1,6 +1,7 @@
 """The rows of the overhead CSVs, one flat dataclass per kind (steps, loop, store); analysis reads their columns.
 
-The files they go to are named in bench/records.py (`overhead_csv`); `records` adds the provenance columns.
+The files they go to are named in bench/records.py (`overhead_csv`); `records` adds the provenance columns,
+`text_table` prints rows as the command's tables.
 """
 
 from __future__ import annotations
@@ -93,6 +94,13 @@ class StoreRow:
     trajectory_loss_fp32_store: float | None = None
     rel_loss_error: float | None = None
     note: str = ""
+
+
+def text_table(header: Sequence[str], lines: Sequence[Sequence[str]], align: str) -> str:
+    """Rows as printed: columns padded to their widest cell; `align` has one 'l' or 'r' per column."""
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *lines, strict=True)]
+    fmt = "  ".join(f"{{:{'<' if a == 'l' else '>'}{w}}}" for a, w in zip(align, widths, strict=True))
+    return "\n".join(fmt.format(*row).rstrip() for row in (header, *lines))
 
 
 def records(rows: Sequence[Any], provenance: dict[str, str]) -> list[dict[str, Any]]:
