@@ -43,6 +43,17 @@ class UnitTimes:
     hvp_s: float = 0.0  # one Hessian-vector product over hessian_samples
 
 
+def hook_hvps(config: RunConfig) -> int | None:
+    """Hessian-vector products the installed Hessian run hook says it spends on `config` (its `hvps`: the
+    algorithm, k, trace probes and label views it will use), or None without such a hook."""
+    if not (config.hessian or config.hessian_epochs):
+        return 0
+    from .plugins import RUN_HOOKS, loaded
+
+    count = getattr(loaded(RUN_HOOKS).get("hessian"), "hvps", None)
+    return int(count(config)) if callable(count) else None
+
+
 @dataclass(frozen=True)
 class Workload:
     """How much of each unit one cell does (from its config and its dataset's sizes)."""
@@ -53,6 +64,7 @@ class Workload:
     eval_batches: int
     sharpness_batches: int
     hessians: int
+    hessian_hvps: int | None = None  # the installed Hessian hook's own count for this config (else HESSIAN_HVPS each)
 
     @classmethod
     def of(cls, config: RunConfig, *, train_samples: int, test_samples: int, world_size: int = 1) -> Workload:
@@ -69,7 +81,8 @@ class Workload:
             + math.ceil(math.ceil(getattr(config, "val_size", 0) / world_size) / eval_bs),
             sharpness_batches=math.ceil(min(config.sharpness_samples, n) / config.batch_size) if config.sharpness
             else 0,
-            hessians=(1 if config.hessian else 0) + len([e for e in config.hessian_epochs if e < config.epochs]))
+            hessians=(1 if config.hessian else 0) + len([e for e in config.hessian_epochs if e < config.epochs]),
+            hessian_hvps=hook_hvps(config))
 
     @property
     def inactive_share(self) -> float:
@@ -110,7 +123,7 @@ def estimate_cell(work: Workload, unit: UnitTimes, *, done_fraction: float = 0.0
         train_s=train,
         eval_s=work.epochs * work.eval_batches * unit.eval_batch_s,
         sharpness_s=work.epochs * work.sharpness_batches * unit.sharpness_batch_s,
-        hessian_s=work.hessians * HESSIAN_HVPS * unit.hvp_s,
+        hessian_s=(work.hessians * HESSIAN_HVPS if work.hessian_hvps is None else work.hessian_hvps) * unit.hvp_s,
         done_fraction=done_fraction)
 
 

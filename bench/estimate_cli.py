@@ -55,7 +55,8 @@ def estimate_configs(configs: Sequence[RunConfig], *, world_size: int = 1
              *probe.notes,
              *probe.data_notes,
              "extras: sharpness batches every epoch (--sharpness); Hessians at the end (--hessian) and at "
-             "--hessian-epochs, each priced as 95 Hessian-vector products over hessian_samples",
+             "--hessian-epochs, priced by the Hessian-vector products the installed Hessian hook says it spends (its "
+             "algorithm, k, trace probes, label views; 95 per measurement without one) over hessian_samples",
              "not a promise: a step was timed for seconds, not for hours; other jobs on this machine, "
              "thermal limits, a slower filesystem or a different device change the bill"]
     return estimates, notes, device

@@ -28,6 +28,10 @@ def test_workload_counts_steps_evaluations_and_extras() -> None:
     assert with_val.eval_batches == 10 + 3  # the validation set too, after every epoch
     assert work.sharpness_batches == math.ceil(100 / 32)
     assert work.hessians == 1 + 2  # the final model and two chosen epochs
+    # priced by the installed hook's own count: 2 top-1 courses + the final top-3 with a 50-probe trace
+    from analysis.measure.eigen import default_ncv
+
+    assert work.hessian_hvps == 2 * (default_ncv(1, 10**9) + 6) + default_ncv(3, 10**9) + 6 + 50
 
 
 def test_cell_estimate_from_injected_unit_times() -> None:
