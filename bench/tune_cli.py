@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 
 from . import faultpoints, io
-from .cell_runner import run_cells
+from .cell_runner import prepare_retry, run_cells
 from .cells import DONE, State, cell_state
 from .config import RunConfig
 from .errors import UsageError
@@ -45,19 +45,23 @@ def register(subparsers: Any) -> None:
     p.add_argument("file", help="grid YAML file with a tune: section")
     p.add_argument("--out", help="output folder (default: base out, else runs/<file stem>)")
     p.add_argument("--dry-run", action="store_true", help="list the trials and their states; run and write nothing")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="rerun failed trials and runs (their summary.json is kept as summary.failed-<n>.json)")
     p.set_defaults(func=tune_command)
 
 
 def tune_command(args: argparse.Namespace) -> int:
     spec = load_grid(args.file)
     out = Path(args.out or spec.base.get("out") or default_out(resolve_grid(args.file)))
-    return tune(spec, out, dry_run=args.dry_run, command=getattr(args, "invocation", None))
+    return tune(spec, out, dry_run=args.dry_run, command=getattr(args, "invocation", None),
+                retry_failed=args.retry_failed)
 
 
 def tune(spec: GridSpec, out: Path, *, dry_run: bool = False, command: str | None = None,
-         poll_s: float = 5.0) -> int:
+         poll_s: float = 5.0, retry_failed: bool = False) -> int:
     defaults = default_cells(spec)
     tune_spec = parse_tune(spec.tune, list(defaults), spec.base, where=spec.where)
+    _check_one_split(defaults, spec.where)
     trials = trial_cells(tune_spec, defaults, out / TRIALS_DIR)  # every cell validated before anything runs
     if dry_run:
         print_cells(spec.where, str(out / TRIALS_DIR), [c for c, _, _ in trials])
@@ -66,6 +70,8 @@ def tune(spec: GridSpec, out: Path, *, dry_run: bool = False, command: str | Non
     _note_design(tune_spec, out / TRIALS_DIR)
     print(f"tune {spec.where}: {len(trials)} trial runs ({tune_spec.trials} trials x {len(tune_spec.seeds)} seeds "
           f"x {len(defaults)} methods) in {out / TRIALS_DIR}", flush=True)
+    if retry_failed:
+        prepare_retry([c for c, _, _ in trials])
     run_cells([c for c, _, _ in trials], command=command)
     _wait_for(trials, poll_s)
     faultpoints.reached("tune-trials-done")  # every trial finished; tuning.csv and the choice not yet written
@@ -78,6 +84,8 @@ def tune(spec: GridSpec, out: Path, *, dry_run: bool = False, command: str | Non
               f"(mean validation accuracy {choice['mean_val_acc']:.4f})", flush=True)
     final = final_cells(tune_spec, defaults, selected, out)
     print(f"tune: {len(final)} runs on the fresh seeds {list(tune_spec.final_seeds)} in {out}", flush=True)
+    if retry_failed:
+        prepare_retry(final)
     run_cells(final, command=command)
     return _report([c for c, _, _ in trials] + final)
 
@@ -94,6 +102,17 @@ def default_cells(spec: GridSpec) -> dict[str, Cell]:
     if not found:
         raise UsageError(f"{spec.where}: the grid names no method to tune")
     return found
+
+
+def _check_one_split(defaults: dict[str, Cell], where: str) -> None:
+    """Every method validates on the same images: one val_size > 0 and one val_split_seed for all."""
+    first = next(iter(defaults.values())).config
+    for method, cell in defaults.items():
+        c = cell.config
+        if c.val_size <= 0 or (c.val_size, c.val_split_seed) != (first.val_size, first.val_split_seed):
+            raise UsageError(f"{where}: {method} validates on val_size={c.val_size}, val_split_seed="
+                             f"{c.val_split_seed}; every method of a tune grid needs the same split (val_size > 0), "
+                             "set in base only")
 
 
 def _values(cell: Cell) -> dict[str, Any]:

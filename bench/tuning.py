@@ -18,7 +18,8 @@ decay trials are the very ones every other method gets. Trial 0 is the method's 
 
 Selection reads validation numbers only (`final_val_acc` or the best epoch's `val_acc`), never the test set:
 the highest mean over the tuning seeds, a seed that failed or diverged counting as 0; ties go to the lower mean
-training time, then to the earlier trial.
+training time of the finished seeds (a trial with none finished loses every tie), then to the earlier trial.
+The lr and weight-decay ranges are anchored on the grid's `base` values unless `space.all` gives them.
 """
 
 from __future__ import annotations
@@ -127,6 +128,8 @@ def _space(raw: Any, methods: Sequence[str], base: Mapping[str, Any], *, where: 
 
         for key, (lo, hi) in RUN_SEARCH.items():
             value = base.get(key, getattr(RunConfig, key))
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise UsageError(f"{where}: base {key}={value!r} is not a number to anchor its search range on")
             if value > 0:
                 run_dims[key] = Dimension(key, Search(value * lo, value * hi, "log"), float)
     else:
@@ -242,7 +245,9 @@ def choose(rows: Sequence[Mapping[str, Any]], readout: str) -> dict[str, Any]:
     scored = []
     for trial, group in sorted(by_trial.items()):
         acc = float(np.mean([readout_value(r, readout) for r in group]))
-        cost = float(np.mean([r.get("train_time_s") or 0.0 for r in group]))
+        times = [r.get("train_time_s") for r in group if r.get("status") == "finished"]
+        times = [float(t) for t in times if t is not None and math.isfinite(t)]
+        cost = float(np.mean(times)) if times else math.inf  # a trial with no finished seed never wins a tie
         scored.append((-round(acc, 12), cost, trial, acc, group[0]["setting"]))
     _, cost, trial, acc, setting = min(scored)
     return {"trial": trial, "setting": setting, "mean_val_acc": acc, "mean_train_time_s": cost,

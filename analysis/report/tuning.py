@@ -107,6 +107,8 @@ def tuning_tables(t: TunedFolder, out: Path) -> list[TableFile]:
     rows = []
     for method, choice in t.selected.items():
         mine = means[means["method"] == method]
+        if not (mine["trial"] == 0).any():  # selected.json from another design than tuning.csv: nothing to show
+            continue
         default = mine[mine["trial"] == 0].iloc[0]
         rows.append({"method": method, "defaults": _setting_text(default["setting"]),
                      "chosen": "(the defaults)" if choice["trial"] == 0 else _setting_text(choice["setting"]),

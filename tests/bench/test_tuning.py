@@ -106,6 +106,10 @@ def test_the_setting_choice_follows_validation_not_test() -> None:
     assert choose([*rows[:4], row(3, 0, 0.99, 0.9), row(3, 1, 0.99, 0.9, status="diverged")], "final")["trial"] == 1
     # ties go to the lower training time
     assert choose([row(0, 0, 0.8, 0.1, time=2.0), row(1, 0, 0.8, 0.1, time=1.0)], "final")["trial"] == 1
+    # when every trial scores 0, a failed trial (no training time) never wins the tie: the earliest finished does
+    failed = {**row(1, 0, None, None), "status": "failed", "train_time_s": None}
+    assert choose([row(0, 0, 0.0, 0.1, time=2.0, status="diverged"), failed], "final")["trial"] == 0
+    assert choose([failed, {**row(2, 0, 0.0, 0.1, time=float("nan")), "status": "failed"}], "final")["trial"] == 1
     # mean over seeds, recomputed by pandas, is what the choice maximises
     frame = pd.DataFrame(rows)
     assert frame.groupby("trial")["final_val_acc"].mean().idxmax() == choose(rows, "final")["trial"]
@@ -179,6 +183,14 @@ def test_a_bad_tune_section_is_one_line_exit_2_and_nothing_written(tmp_path: Pat
 def test_tuning_needs_a_validation_split_and_grid_points_to_tune(tmp_path: Path) -> None:
     result = run_main("tune", str(tune_file(tmp_path / "t.yaml", val_size=0)), "--out", str(tmp_path / "o"))
     assert result.returncode == 2 and "needs a validation split" in result.stderr
+    path = tune_file(tmp_path / "t.yaml")  # one method on another split would be validated on other images
+    data = yaml.safe_load(path.read_text())
+    data["per_method"]["saf"]["val_split_seed"] = 3
+    path.write_text(yaml.safe_dump(data))
+    result = run_main("tune", str(path), "--out", str(tmp_path / "o"))
+    assert result.returncode == 2 and "needs the same split" in result.stderr
+    result = run_main("tune", str(tune_file(tmp_path / "t.yaml", lr="fast")), "--out", str(tmp_path / "o"))
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     result = run_main("grid", str(tune_file(tmp_path / "t.yaml")), "--out", str(tmp_path / "o"))
     assert result.returncode == 2 and "run it with safbench tune" in result.stderr
     assert not (tmp_path / "o").exists()
