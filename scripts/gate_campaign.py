@@ -195,13 +195,15 @@ def _load_sampler(path: Path, stop) -> None:
                 return
 
 
-def power(until: str) -> None:
+def power(until: str, control: bool = False) -> None:
     """Campaign B's power: the injected slowdowns of `run` (same calibration, same products), measured with
     the shipped design (both roots behind links of one length) against this checkout's HEAD as base.
     Scratch commits on branches power-scratch-<kind>-<size> (never merged), listed in commits-B.json;
     each comparison stored as <kind>-<size>-B-<rep>, with the 1-minute load average at its start and end;
     load-B.csv samples /proc/loadavg every 30 s while the campaign runs. No comparison starts after UNTIL
-    (HH:MM, UTC)."""
+    (HH:MM, UTC). With CONTROL (`power HH:MM control`): instead, identical code run the same way, the scratch
+    worktree at BASE against BASE, stored as control-B-<rep> (SGD's head/base in the saf-* runs, is it the
+    processes or the injected code?)."""
     import datetime
     import os
     import threading
@@ -227,6 +229,9 @@ def power(until: str) -> None:
     deadline = datetime.datetime.now(datetime.UTC).replace(
         hour=int(until.split(":")[0]), minute=int(until.split(":")[1]), second=0, microsecond=0)
     order = [(f"{c}-B", rep) for group in POWER_ORDER for rep in range(REPS) for c in group]
+    if control:
+        commits["control-B"] = base
+        order = [("control-B", rep) for rep in range(REPS)]
     stop = threading.Event()
     sampler = threading.Thread(target=_load_sampler, args=(OUT / "load-B.csv", stop), daemon=True)
     sampler.start()
@@ -292,6 +297,6 @@ if __name__ == "__main__":
     if sys.argv[1] == "samepath":
         samepath(int(sys.argv[2]))
     elif sys.argv[1] == "power":
-        power(sys.argv[2])
+        power(sys.argv[2], control=sys.argv[3:] == ["control"])
     else:
         {"calibrate": calibrate, "run": run}[sys.argv[1]]()
