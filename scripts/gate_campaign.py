@@ -2,6 +2,9 @@
 
     python scripts/gate_campaign.py calibrate   # the injected work's cost as a share of SAF's step
     python scripts/gate_campaign.py run         # every comparison not yet stored, one at a time (resumable)
+    python scripts/gate_campaign.py samepath 20 # identical code, the shipped design (campaign B's false alarms)
+    python scripts/gate_campaign.py power 15:58 # campaign B's power: injected slowdowns, the shipped design,
+                                                # no comparison started after 15:58 UTC (resumable)
 
 `run` makes scratch commits on throwaway branches (gate-scratch-<kind>-<size>, never merged): the commit
 under test (BASE, this checkout's HEAD) plus extra arithmetic proportional to the batch, a matrix product of
@@ -96,14 +99,16 @@ def widths() -> dict[float, int]:
     return {size: max(1, round(size / per_unit)) for size in SIZES}
 
 
-def scratch_commit(base: str, kind: str, size: float, width: int) -> str:
-    """BASE plus the injected work, committed on branch gate-scratch-<kind>-<size>; its hash."""
-    branch = f"gate-scratch-{kind}-{round(100 * size)}"
+def scratch_commit(base: str, kind: str, size: float, width: int, branch: str | None = None,
+                   scratch: Path = SCRATCH) -> str:
+    """BASE plus the injected work, committed on BRANCH (gate-scratch-<kind>-<size>) in the worktree
+    SCRATCH; its hash."""
+    branch = branch or f"gate-scratch-{kind}-{round(100 * size)}"
     exists = subprocess.run(["git", "rev-parse", "--verify", "-q", branch], cwd=ROOT, capture_output=True, text=True)
     if exists.returncode == 0 and git("rev-parse", f"{branch}~1") == base:
         return exists.stdout.strip()
-    git("checkout", "-q", "--detach", base, cwd=SCRATCH)
-    target = SCRATCH / ("optimizers/saf.py" if kind == "saf" else "optimizers/base.py")
+    git("checkout", "-q", "--detach", base, cwd=scratch)
+    target = scratch / ("optimizers/saf.py" if kind == "saf" else "optimizers/base.py")
     text = target.read_text() + WASTE.format(reps=width)
     if kind == "saf":  # in SAF's regularizer: every SAF step, no other method's
         anchor = "        self._check_indices(indices)\n"
@@ -113,9 +118,9 @@ def scratch_commit(base: str, kind: str, size: float, width: int) -> str:
     text = text.replace(anchor, anchor + "        _injected_slowdown(inputs)\n")
     target.write_text(text)
     git("commit", "-q", "-am", f"SCRATCH (never merge): {kind} step +{100 * size:g}% injected work, {width} products",
-        cwd=SCRATCH)
-    git("branch", "-f", branch, "HEAD", cwd=SCRATCH)
-    return git("rev-parse", "HEAD", cwd=SCRATCH)
+        cwd=scratch)
+    git("branch", "-f", branch, "HEAD", cwd=scratch)
+    return git("rev-parse", "HEAD", cwd=scratch)
 
 
 def plan() -> list[tuple[str, int]]:
@@ -169,6 +174,97 @@ def run() -> None:
             Path(OUT / f".{name}.csv.tmp").rename(OUT / f"{name}.csv")
 
 
+POWER_SCRATCH = Path("/work/wt-power-scratch")  # campaign B's scratch worktree (outside this checkout)
+POWER_ORDER = (("saf-5", "all-5", "saf-10", "all-10"), ("saf-3", "all-3"))  # interleaved rep by rep
+
+
+def _load_sampler(path: Path, stop) -> None:
+    """Append /proc/loadavg to PATH every 30 s until STOP is set (the load the comparisons ran under)."""
+    import datetime
+
+    new = not path.exists()
+    with path.open("a") as out:
+        if new:
+            out.write("utc,load1,load5,load15,running_processes\n")
+        while True:
+            fields = Path("/proc/loadavg").read_text().split()[:4]
+            now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            out.write(",".join([now, *fields]) + "\n")
+            out.flush()
+            if stop.wait(30):
+                return
+
+
+def power(until: str, control: bool = False) -> None:
+    """Campaign B's power: the injected slowdowns of `run` (same calibration, same products), measured with
+    the shipped design (both roots behind links of one length) against this checkout's HEAD as base.
+    Scratch commits on branches power-scratch-<kind>-<size> (never merged), listed in commits-B.json;
+    each comparison stored as <kind>-<size>-B-<rep>, with the 1-minute load average at its start and end;
+    load-B.csv samples /proc/loadavg every 30 s while the campaign runs. No comparison starts after UNTIL
+    (HH:MM, UTC). With CONTROL (`power HH:MM control`): instead, identical code run the same way, the scratch
+    worktree at BASE against BASE, stored as control-B-<rep> (SGD's head/base in the saf-* runs, is it the
+    processes or the injected code?)."""
+    import datetime
+    import os
+    import threading
+
+    import pandas as pd
+
+    stored = OUT / "commits-B.json"
+    base = json.loads(stored.read_text())["base"] if stored.exists() else git("rev-parse", "HEAD")
+    if not stored.exists() and git("status", "--porcelain", "--untracked-files=no"):
+        sys.exit("commit first: the comparisons name this checkout's HEAD as their base")
+    if not POWER_SCRATCH.exists():
+        git("worktree", "add", "-q", "--detach", str(POWER_SCRATCH), base)
+    width = widths()
+    commits = {}
+    for kind in ("saf", "all"):
+        for size in SIZES:
+            branch = f"power-scratch-{kind}-{round(100 * size)}"
+            commits[f"{kind}-{round(100 * size)}-B"] = scratch_commit(base, kind, size, width[size],
+                                                                      branch=branch, scratch=POWER_SCRATCH)
+    stored.write_text(json.dumps({"base": base, **commits}, indent=1) + "\n")
+    (OUT / "rounds").mkdir(parents=True, exist_ok=True)
+    python = ROOT / ".venv" / "bin" / "python"
+    deadline = datetime.datetime.now(datetime.UTC).replace(
+        hour=int(until.split(":")[0]), minute=int(until.split(":")[1]), second=0, microsecond=0)
+    order = [(f"{c}-B", rep) for group in POWER_ORDER for rep in range(REPS) for c in group]
+    if control:
+        commits["control-B"] = base
+        order = [("control-B", rep) for rep in range(REPS)]
+    stop = threading.Event()
+    sampler = threading.Thread(target=_load_sampler, args=(OUT / "load-B.csv", stop), daemon=True)
+    sampler.start()
+    try:
+        for cond, rep in order:
+            name = f"{cond}-{rep:02d}"
+            if (OUT / f"{name}.csv").exists():
+                continue
+            if datetime.datetime.now(datetime.UTC) >= deadline:
+                print(f"{until} UTC reached: no new comparison", flush=True)
+                break
+            git("checkout", "-q", "--detach", commits[cond], cwd=POWER_SCRATCH)
+            with tempfile.TemporaryDirectory() as tmp:
+                cmd = [str(python), "-m", "bench", "overhead", *SETTINGS, "--against", base, "--out", tmp]
+                load_start = os.getloadavg()[0]
+                t0 = time.time()
+                done = subprocess.run(cmd, cwd=POWER_SCRATCH, capture_output=True, text=True)
+                wall = time.time() - t0
+                print(f"{name}: exit {done.returncode} in {wall:.0f} s\n{done.stdout}{done.stderr}", flush=True)
+                if done.returncode not in (0, 1):
+                    continue
+                shutil.move(next(Path(tmp).glob("rounds-*.csv")), OUT / "rounds" / f"{name}.csv")
+                frame = pd.read_csv(next(Path(tmp).glob("against-*.csv"))).assign(
+                    condition=cond, rep=rep, exit_status=done.returncode, wall_s=wall,
+                    scratch_commit=commits[cond], campaign="B", load1_start=load_start,
+                    load1_end=os.getloadavg()[0])
+                frame.to_csv(OUT / f".{name}.csv.tmp", index=False)
+                Path(OUT / f".{name}.csv.tmp").rename(OUT / f"{name}.csv")
+    finally:
+        stop.set()
+        sampler.join()
+
+
 def samepath(count: int) -> None:
     """Identical code (REF = HEAD) in this checkout with its current code: both roots behind links of one
     length (bench.measure.against.same_length_roots), stored as samepath-<n>."""
@@ -200,5 +296,7 @@ def samepath(count: int) -> None:
 if __name__ == "__main__":
     if sys.argv[1] == "samepath":
         samepath(int(sys.argv[2]))
+    elif sys.argv[1] == "power":
+        power(sys.argv[2], control=sys.argv[3:] == ["control"])
     else:
         {"calibrate": calibrate, "run": run}[sys.argv[1]]()
