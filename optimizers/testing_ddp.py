@@ -70,6 +70,7 @@ def _worker(rank: int, init_file: str, out_dir: str, names: list[str]) -> None:
         results[name] = _replicas(name, rank) + _fp16_skip(name, rank)
         # Written after each method: a later hang still leaves the earlier methods' verdicts.
         (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(results))
+    dist.barrier()  # neither rank tears gloo down while the other may still have work in flight (it aborted once)
     dist.destroy_process_group()
 
 
