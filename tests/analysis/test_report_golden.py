@@ -22,9 +22,13 @@ NO_FIGURES = "No figures (nothing to plot, or --no-figures).\n\n"
 
 
 def _without_figures(text: str) -> str:
-    """REPORT.md without its figure blocks (a heading whose block shows an image) and the Flatness intro."""
-    blocks = re.split(r"(?m)^(?=##+ )", text)
-    return "".join(b for b in blocks if "![" not in b and not b.startswith("## Flatness\n"))
+    """REPORT.md without its figure blocks (a heading whose block shows an image), the Flatness intro, and a
+    section heading left with nothing under it (a section of figures only, which --no-figures leaves out)."""
+    blocks = [b for b in re.split(r"(?m)^(?=##+ )", text) if "![" not in b and not b.startswith("## Flatness\n")]
+    kept = [b for i, b in enumerate(blocks)
+            if not (b.startswith("## ") and not b.split("\n", 1)[1].strip()
+                    and (i + 1 == len(blocks) or blocks[i + 1].startswith("## ")))]
+    return "".join(kept)
 
 
 @pytest.fixture(scope="module")
