@@ -33,9 +33,9 @@ SPEC = MethodSpec(
             "1/beta; SDS: second pass on the ceil(gamma B) samples whose loss rose most",
     hparams=(RHO, ADAPTIVE,
              HParam("beta", float, 0.5, "SWP: probability that a parameter tensor is perturbed",
-                    source="ESAM paper, Sec. 4 (CIFAR)", low=0.0, high=1.0, low_open=True),
+                    source="ESAM paper, Sec. 4 (CIFAR)", low=0.0, high=1.0, low_open=True, sets_cost=True),
              HParam("gamma", float, 0.5, "SDS: fraction of the batch, by largest loss rise, in the descent pass",
-                    source="ESAM paper, Sec. 4 (CIFAR)", low=0.0, high=1.0, low_open=True),
+                    source="ESAM paper, Sec. 4 (CIFAR)", low=0.0, high=1.0, low_open=True, sets_cost=True),
              HParam("selection", str, "paper", "SDS rule: the paper's ceil(gamma B) largest rises, or the official "
                     "code's rises above the int(gamma B)-th largest", source="ESAM paper, Sec. 3.2",
                     choices=("paper", "official"), added_later=True)))

@@ -32,12 +32,12 @@ SPEC = MethodSpec(
             "take one pass and add alpha ‖g‖/‖g_v‖ g_v (passes shown for k = 5)",
     hparams=(RHO,
              HParam("k", int, K, "LookSAM: the perturbed gradient is computed every k-th step (k = 1 is SAM)",
-                    source="LookSAM paper (Liu et al. 2022), default k = 5", low=1),
+                    source="LookSAM paper (Liu et al. 2022), default k = 5", low=1, sets_cost=True),
              HParam("alpha", float, 0.7, "weight alpha of the orthogonal/reused gradient component (LookSAM: of g_v)",
                     source="LookSAM paper (Liu et al. 2022)", low=0.0, search=Search(0.1, 1.0)),
              HParam("per_tensor", bool, False, "LookSAM: project and rescale g_v per parameter tensor, as "
                     "pytorch-optimizer's LookSAM does (default: the paper's whole-vector form)",
-                    source="LookSAM paper, Algorithm 1 (whole vector)", added_later=True)))
+                    source="LookSAM paper, Algorithm 1 (whole vector)", added_later=True, sets_cost=True)))
 _PER_TENSOR_EPS = 1e-8  # pytorch-optimizer's, in the reuse step's ||g_v|| of each tensor
 
 

@@ -64,6 +64,8 @@ class HParam:
     # from the default, so that those runs keep their names.
     added_later: bool = False
     search: Search | None = None  # worth tuning, over this range (bench.tuning); None: fixed by its paper
+    # Changes the work of a step: the step benchmark (at the defaults) does not price other values of it.
+    sets_cost: bool = False
 
     def check(self, value: Any) -> Any:
         """The value as this type, or ValueError naming the value and what is allowed."""

@@ -11,7 +11,9 @@ batch (`safbench overhead`, the newest file that timed the method): epochs × st
 benchmark's SGD step time × the method's step-time ratio to SGD, the ratio taken as 1 in the epochs before
 the method's extra work starts (MethodSpec.active_from: SAF and MESA are SGD until E_start). Runs that ran
 beside other jobs would otherwise time the machine's load. Without a benchmark for the cell and its base,
-the runs' own cumulative epoch_time_s is used; the table says which.
+or for a cell whose hyperparameters that set a step's work (HParam.sets_cost: ESAM's beta and gamma, LookSAM's
+k) differ from the defaults the benchmark timed, the runs' own cumulative epoch_time_s is used; the table says
+which.
 
 Curves are analysis.report.run_files.epoch_curves frames; the per-step cost measured by
 `safbench overhead` is analysis.report.overhead's.
@@ -74,6 +76,8 @@ def benchmark_pricing(rows: pd.DataFrame, steps: pd.DataFrame | None) -> dict[tu
         spec = optimizers.method_spec(str(r["method"]))
         hp = {h.name: r.get(f"hp_{h.name}", h.default) for h in spec.hparams}
         hp = {k: (v if not is_missing(v) else spec.hparam(k).default) for k, v in hp.items()}
+        if any(h.sets_cost and hp[h.name] != h.default for h in spec.hparams):
+            continue  # the benchmark timed the defaults: LookSAM at k = 1 costs SAM's step, not LookSAM's
         batches = steps_per_epoch(int(r["num_samples"]), int(r["batch_size"]), int(r.get("world_size", 1) or 1))
         out[key] = {"epoch_s": batches * float(sgd.iloc[0]["step_ms_median"]) / 1000,
                     "ratio": float(row["time_ratio_median"]), "active_from": int(spec.active_from(hp)),

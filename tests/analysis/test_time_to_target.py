@@ -77,6 +77,30 @@ def test_time_is_priced_by_the_step_benchmark_with_sgd_steps_before_the_method_s
     assert shown.loc["sam", "Time from"] == "step benchmark (steps-cpu-1.csv)"
 
 
+def test_a_cell_off_the_benchmarked_step_work_is_not_priced_by_the_benchmark(tmp_path: Path) -> None:
+    """The benchmark timed LookSAM at its default k = 5 (ratio 1.2); at k = 1 LookSAM is SAM, whose step costs
+    twice SGD's, so pricing it at 1.2 would understate its time. k is declared `sets_cost`; alpha is not."""
+    curves = {k: v for k, v in CURVES.items() if k[0] == "sgd"}
+    curves |= {("looksam", s): v for (m, s), v in CURVES.items() if m == "sam"}
+    rows = _rows(tmp_path, curves).assign(model="m", batch_size=10, num_samples=100, world_size=1, hp_k=5.0,
+                                          hp_alpha=0.7)
+    rows["method"] = rows["method_label"]
+    steps = pd.DataFrame([
+        {"model": "m", "shape": "d", "batch_size": 10, "method": m, "file": "steps-cpu-1.csv", "measured_at": "1",
+         "step_ms_median": 100.0 * r, "time_ratio_median": r} for m, r in (("sgd", 1.0), ("looksam", 1.2))])
+    at_default = time_to_target(epoch_curves(rows), benchmark_pricing(rows, steps)).set_index("method_label")
+    assert at_default.loc["looksam", "seconds"] == pytest.approx(2.4)  # 2 epochs x 1 s x 1.2
+    other_alpha = rows.assign(hp_alpha=0.1)
+    assert ("d", "m", "looksam", "") in benchmark_pricing(other_alpha, steps)
+    k1 = rows.copy()
+    k1.loc[k1["method"] == "looksam", "hp_k"] = 1.0
+    pricing = benchmark_pricing(k1, steps)
+    assert ("d", "m", "looksam", "") not in pricing and ("d", "m", "sgd", "") in pricing
+    table = time_to_target(epoch_curves(k1), pricing).set_index("method_label")
+    assert table.loc["looksam", "time_source"] == "runs' epoch_time_s"
+    assert table.loc["looksam", "seconds"] == pytest.approx(42.0) and math.isnan(table.loc["looksam", "time_ratio"])
+
+
 def test_best_accuracy_is_the_mean_of_the_per_seed_bests(tmp_path: Path) -> None:
     curves = {("sgd", 0): [(0.8, 1.0), (0.6, 1.0)], ("sgd", 1): [(0.6, 1.0), (0.8, 1.0)]}
     table = time_to_target(epoch_curves(_rows(tmp_path, curves)))
