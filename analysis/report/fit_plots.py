@@ -8,12 +8,38 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from .figures import FigureFile, save_figure
+from .plots import colour
 from .run_files import ESAM_FLIPPED_SHARE, label_fit_curves
+
+# A cell is a method, or one of its variants ("esam[beta=1.0, gamma=0.5]", "sgd_half"): the method's colour,
+# and a line style per variant, so that a variant reads as its method's and differs from its siblings.
+VARIANT_STYLES = ("--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)), (0, (8, 2)))
+VARIANT_MARKERS = ("s", "^", "v", "D", "x", "P")
+
+
+def _method_of(cell: str) -> str:
+    return re.split(r"[\[_]", cell, maxsplit=1)[0]
+
+
+def _cell_styles(cells: Sequence[str]) -> dict[str, tuple[str, object, str]]:
+    """(colour, line style, marker) per cell: the method's colour; solid for the method, a style per variant."""
+    seen: dict[str, int] = {}
+    styles = {}
+    for cell in cells:
+        method = _method_of(cell)
+        if cell == method:
+            styles[cell] = (colour(method), "-", "o")
+            continue
+        k = seen.get(method, 0)
+        seen[method] = k + 1
+        styles[cell] = (colour(method), VARIANT_STYLES[k % len(VARIANT_STYLES)], VARIANT_MARKERS[k % len(VARIANT_MARKERS)])
+    return styles
+
 
 PANELS = (("train_acc_clean", "clean-labelled samples:\npredicted as their (true) label"),
           ("train_acc_flipped_noisy", "flipped samples:\npredicted as their noisy label (memorised)"),
@@ -26,32 +52,32 @@ def plot_label_fit(curves: pd.DataFrame, grid: str, order: Sequence[str]) -> Fig
     training set (the share a choice blind to the labels would keep)."""
     fig = Figure(figsize=(11.0, 8.0))
     axes = fig.subplots(2, 2).ravel()
-    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     cells = [c for c in order if c in set(curves["cell"])] + sorted(set(curves["cell"]) - set(order))
+    styles = _cell_styles(cells)
     for ax, (column, title) in zip(axes, PANELS + ((ESAM_FLIPPED_SHARE, ""),), strict=True):
-        for i, cell in enumerate(cells):
+        for cell in cells:
             part = curves[curves["cell"] == cell]
             if column not in part or part[column].isna().all():
                 continue
             stats = part.groupby("epoch")[column].agg(["mean", "min", "max", "count"])
-            style = "--" if "_" in cell or "[" in cell else "-"  # baselines and variants dashed
-            ax.plot(stats.index + 1, 100 * stats["mean"], style, color=colors[i % len(colors)], marker="o", ms=2.5,
+            color, ls, marker = styles[cell]
+            ax.plot(stats.index + 1, 100 * stats["mean"], ls=ls, color=color, marker=marker, ms=3, lw=1.3,
                     label=f"{cell} ({int(stats['count'].max())} seeds)")
-            ax.fill_between(stats.index + 1, 100 * stats["min"], 100 * stats["max"], color=colors[i % len(colors)],
-                            alpha=0.12)
+            ax.fill_between(stats.index + 1, 100 * stats["min"], 100 * stats["max"], color=color, alpha=0.1)
         if column == ESAM_FLIPPED_SHARE:
             ax.axhline(100 * curves["flipped_fraction"].mean(), color="grey", ls=":", lw=1)
-            ax.text(1, 100 * curves["flipped_fraction"].mean(), " flipped share of the training set", va="bottom",
+            ax.text(1, 100 * curves["flipped_fraction"].mean(), " flipped share of the training set", va="top",
                     fontsize=8, color="grey")
             title = "ESAM: flipped samples among those its\ndescent pass keeps (per epoch)"
             if not ax.get_lines()[:-1]:
                 ax.text(0.5, 0.5, "no ESAM run logged it", transform=ax.transAxes, ha="center", color="grey")
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("%")
         ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, fontsize=8, ncol=5, loc="lower center", frameon=False)
+    fig.legend(handles, labels, fontsize=8, ncol=4, loc="lower center", frameon=False)
     fig.suptitle(f"What each method fits under label noise: {Path(grid).name}\n(training accuracy of the clean "
                  "pass on each batch as trained, before its step; mean over seeds, band min to max)", fontsize=10)
     fig.tight_layout(rect=(0, 0.07, 1, 1))

@@ -90,3 +90,20 @@ def test_the_label_fit_figure_draws_every_cell_and_esams_share_beside_the_flippe
     assert list(noisy.get_lines()[0].get_ydata()) == pytest.approx([0.0, 10.0, 20.0])  # in %, per epoch
     assert [ln.get_label() for ln in share.get_lines()][0] == "esam (2 seeds)"
     assert share.get_lines()[-1].get_ydata()[0] == pytest.approx(25.0)  # the flipped fraction, dotted
+
+
+def test_a_variant_in_the_label_fit_figure_has_its_methods_colour_and_its_own_line_style() -> None:
+    import pandas as pd
+
+    from analysis.report.fit_plots import plot_label_fit
+
+    cells = ("esam", "esam[beta=1.0, gamma=0.5]", "esam[beta=0.5, gamma=1.0]", "sgd", "sgd_half")
+    rows = [{"cell": c, "seed": 0, "epoch": e, "train_acc_clean": 0.5, "train_acc_flipped_noisy": 0.1,
+             "train_acc_flipped_true": 0.3, "flipped_fraction": 0.25} for c in cells for e in range(2)]
+    lines = {ln.get_label().split(" (")[0]: ln for ln in plot_label_fit(pd.DataFrame(rows), "x", ["sgd", "esam"])
+             .axes[0].get_lines()}
+    esam, data_only, weight_only = (lines[c] for c in cells[:3])
+    assert esam.get_color() == data_only.get_color() == weight_only.get_color() != lines["sgd"].get_color()
+    assert esam.get_linestyle() == "-" and len({esam.get_linestyle(), data_only.get_linestyle(),
+                                                weight_only.get_linestyle()}) == 3
+    assert lines["sgd_half"].get_color() == lines["sgd"].get_color() and lines["sgd_half"].get_linestyle() != "-"
