@@ -27,7 +27,7 @@ from .spec import HParam, MethodSpec, Search
 
 K = 5
 SPEC = MethodSpec(
-    name="looksam", paper="Liu et al., CVPR 2022", passes=(K + 1) / K, cycle=lambda hp: int(hp["k"]),
+    name="looksam", title="LookSAM", paper="Liu et al., CVPR 2022", passes=(K + 1) / K, cycle=lambda hp: int(hp["k"]),
     summary="SAM's two passes every k-th step, storing g_v = the part of g_s orthogonal to g; the steps between "
             "take one pass and add alpha ‖g‖/‖g_v‖ g_v (passes shown for k = 5)",
     hparams=(RHO,

@@ -121,6 +121,7 @@ class MethodSpec:
     draws_random: bool = False  # takes a `seed`, derived from the run seed by `method_seed`
     needs_lr_range: bool = False  # takes `lr_max` / `lr_min` of the run's schedule (GSAM's rho schedule)
     passes: float = 1.0  # forward-backward passes per step, on average, once active
+    title: str = ""  # the name as its paper writes it (LookSAM); empty: the name in capitals
     # The first epoch (0-based) at which the method does all of its extra work, from its hyperparameters.
     active_from: Callable[[Mapping[str, Any]], int] = field(default=lambda hp: 0, compare=False)
     # Steps after which the per-step work repeats (LookSAM: k); benchmarks time whole cycles.
@@ -130,6 +131,10 @@ class MethodSpec:
         names = [h.name for h in self.hparams]
         if len(set(names)) != len(names):
             raise ValueError(f"method {self.name!r} declares a hyperparameter twice: {names}")
+
+    @property
+    def display(self) -> str:
+        return self.title or self.name.upper()
 
     @property
     def defaults(self) -> dict[str, Any]:

@@ -25,6 +25,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
+import optimizers
+
 from .stats import (
     LEVEL,
     NO_INTERVAL,
@@ -202,10 +204,10 @@ def claims_table(rows: pd.DataFrame, *, base: str = "sgd", sam: str = "sam", saf
     methods = tuple(m for m in (saf, *others) if m in present)
     for method in methods:
         out.append(_difference_claim(
-            f"acc_vs_sam:{method}", f"(i{'v' if method != saf else ''}) {method.upper()} accuracy ≥ SAM's",
+            f"acc_vs_sam:{method}", f"(i{'v' if method != saf else ''}) {_display(method)} accuracy ≥ SAM's",
             f"{method} − {sam} accuracy", _diffs(rows, method, sam, acc, 100), "points", -ACCURACY_MARGIN, False,
             f"≥ −{ACCURACY_MARGIN} (margin)"))
-        out.append(_share_claim(f"recovers:{method}", f"{method.upper()} recovers SAM's gain over SGD",
+        out.append(_share_claim(f"recovers:{method}", f"{_display(method)} recovers SAM's gain over SGD",
                                 f"({method} − {base})/({sam} − {base}) accuracy",
                                 _share_pairs(rows, method, base, sam, acc), gain.interval, "above",
                                 "≥ 1 (needs SAM's gain above 0)"))
@@ -216,7 +218,7 @@ def claims_table(rows: pd.DataFrame, *, base: str = "sgd", sam: str = "sam", saf
                                       False, "")
         li = log_claim.interval
         share = Interval(*(math.exp(v) if math.isfinite(v) else math.nan for v in (li.mean, li.low, li.high)), li.n)
-        out.append(replace(log_claim, claim=f"(ii) {method.upper()} throughput ≥ {threshold:.0%} of SGD's",
+        out.append(replace(log_claim, claim=f"(ii) {_display(method)} throughput ≥ {threshold:.0%} of SGD's",
                            measure=f"{method}/{base} images/s of the runs (geometric mean of per-seed ratios)",
                            interval=share, rule=f"≥ {threshold}", spread="95% t interval on log-ratios"))
         first = rows.iloc[0]
@@ -224,7 +226,7 @@ def claims_table(rows: pd.DataFrame, *, base: str = "sgd", sam: str = "sam", saf
             steps, method, model=str(first["model"]), dataset=str(first["dataset"]),
             batch_size=int(first["batch_size"]))
         if bench is not None:
-            out.append(Claim(f"(ii) {method.upper()} throughput ≥ {threshold:.0%} of SGD's",
+            out.append(Claim(f"(ii) {_display(method)} throughput ≥ {threshold:.0%} of SGD's",
                              f"{method}/{base} step throughput, interleaved benchmark (median over rounds)", bench,
                              "share", verdict(bench, threshold), f"IQR ≥ {threshold}", f"benchmark:{method}",
                              spread=f"IQR over {bench.n} rounds", role=BENCHMARK_ROLE))
@@ -241,11 +243,11 @@ def claims_table(rows: pd.DataFrame, *, base: str = "sgd", sam: str = "sam", saf
             if not diffs:
                 continue  # not measured for this method
             tag = "(iii)" if method == saf else "(iv)"
-            out.append(_difference_claim(f"flatter:{method}:{column}", f"{tag} {method.upper()} flatter than SGD",
+            out.append(_difference_claim(f"flatter:{method}:{column}", f"{tag} {_display(method)} flatter than SGD",
                                          f"{method} − {base} {name}", diffs, name, 0.0, True, "below 0"))
             # A share of SAM's reduction means something only where SAM's reduction is itself established.
             base_minus = _share_pairs(rows, method, base, sam, column)
-            out.append(_share_claim(f"flatness_share:{method}:{column}", f"{tag} {method.upper()} gets SAM's flatness",
+            out.append(_share_claim(f"flatness_share:{method}:{column}", f"{tag} {_display(method)} gets SAM's flatness",
                                     f"({base} − {method})/({base} − {sam}) {name}",
                                     ([-x for x in base_minus[0]], [-x for x in base_minus[1]]),
                                     reference.interval, "below", "≥ 1 (needs SAM's reduction below 0)"))
@@ -325,6 +327,11 @@ def claims_frame(claims: Sequence[Claim]) -> pd.DataFrame:
 
 def _hp_label(values: dict[str, object]) -> str:
     return ", ".join(f"{k.removeprefix('hp_')}={v}" for k, v in values.items())
+
+
+def _display(method: str) -> str:
+    """A method as its paper writes it (MethodSpec.display): LookSAM, not LOOKSAM."""
+    return optimizers.method_spec(method).display if method in optimizers.methods() else method.upper()
 
 
 def label_cells(rows: pd.DataFrame) -> pd.DataFrame:

@@ -340,3 +340,11 @@ def test_a_primary_claim_on_one_seed_is_untested_and_not_counted_in_holms_family
     saf = table[table["measure"] == "saf − sam accuracy"].iloc[0]
     # a family of three tested claims (gain and flatness far below 0.025): the largest p stays as it is
     assert saf["p_holm"] == pytest.approx(saf["p_one_sided"]) and saf["verdict"] == REPRODUCED
+
+
+def test_claims_name_a_method_as_its_spec_writes_it() -> None:
+    rows = _rows(1.0, 1.0)
+    rows = label_cells(pd.concat([rows.drop(columns="cell"), rows[rows["method"] == "esam"].drop(columns="cell")
+                                  .assign(method="looksam")], ignore_index=True))
+    claims = set(claims_frame(claims_table(rows))["claim"])
+    assert "(iv) LookSAM accuracy ≥ SAM's" in claims and "(iv) ESAM accuracy ≥ SAM's" in claims
