@@ -21,7 +21,7 @@ from . import claims
 from .aggregate import aggregate, method_order, prepare
 from .cost import time_to_target_tables
 from .figures import FigureFile, make_figures, save_figure, save_overhead_figure, save_sharpness_figure
-from .fit_plots import save_label_fit_figure
+from .fit_plots import label_fit_table, save_label_fit_figure
 from .format import MISSING, TableFile, relative, render_markdown, shown_path, slug, write_table
 from .load import OVERHEAD_DIR, REFERENCE_CSV, load_reference, load_rows, read_notes
 from .overhead import commands as overhead_commands
@@ -94,7 +94,7 @@ def report_markdown(report_dir: Path, rows: pd.DataFrame, tables: Sequence[Table
     """REPORT.md, top-down: what was measured (the runs, their tables), conclusions, the claims judged, cost,
     flatness, the paper's tables (only rows with a run of ours), then how to regenerate and the provenance."""
     status = rows["status"].value_counts()
-    by_kind = {k: [t for t in tables if t.kind == k] for k in ("dataset", "cost", "paper")}
+    by_kind = {k: [t for t in tables if t.kind == k] for k in ("dataset", "cost", "paper", "fit")}
     other = [t for t in tables if t.kind not in by_kind]
     section = {s: [f for f in figures if f.section == s] for s in ("cost", "tuning", "fit")}
     section["flatness"] = [f for f in figures if f.section not in ("cost", "tuning", "fit")]
@@ -129,8 +129,10 @@ def report_markdown(report_dir: Path, rows: pd.DataFrame, tables: Sequence[Table
                      f"{claims.METHOD_NOTE}\n")
         for t in claim_tables:
             parts.append(_table_markdown(t, report_dir))
-    if section["fit"]:
+    if section["fit"] or by_kind["fit"]:
         parts.append("## What each method fits under label noise\n")
+        for t in by_kind["fit"]:
+            parts.append(_table_markdown(t, report_dir))
         for f in section["fit"]:
             parts.append(_figure_markdown(f, report_dir))
     if tuning:
@@ -232,6 +234,8 @@ def build_report(results: str | Path = "results", out: str | Path | None = None,
         frame = claims.claims_frame(claims.claims_table(labelled, steps=found.get("steps")))
         claim_tables.append(write_table(out, f"claims_{slug(grid)}", f"Claims judged on `{grid}`", frame,
                                         claims.format_claims(frame)))
+    tables += [t for grid, labelled in claim_folders.items()
+               if (t := label_fit_table(labelled, grid, out, method_order())) is not None]
     tuning_files = [table for t in tuned for table in tuning_tables(t, out)]
     made: list[FigureFile] = []
     if figures:

@@ -326,7 +326,9 @@ def claims_frame(claims: Sequence[Claim]) -> pd.DataFrame:
 
 
 def _hp_label(values: dict[str, object]) -> str:
-    return ", ".join(f"{k.removeprefix('hp_')}={v}" for k, v in values.items())
+    """`k=1, alpha=0.1`: numbers as written (pandas stores an int hyperparameter beside NaN as 1.0)."""
+    return ", ".join(f"{k.removeprefix('hp_')}={v:g}" if isinstance(v, int | float) and not isinstance(v, bool)
+                     else f"{k.removeprefix('hp_')}={v}" for k, v in values.items())
 
 
 def _display(method: str) -> str:

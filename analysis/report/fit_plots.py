@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from .figures import FigureFile, save_figure
+from .format import TableFile, fmt_pm, slug, write_table
 from .plots import colour
 from .run_files import ESAM_FLIPPED_SHARE, label_fit_curves
 
@@ -96,3 +97,47 @@ def save_label_fit_figure(rows: pd.DataFrame, grid: str, folder: Path, order: Se
                       "against their noisy label (memorisation) and their true label; ESAM's share of flipped "
                       "samples among those its descent pass keeps, beside the flipped share of the training set "
                       "(above it: the selection prefers mislabelled samples).", png, pdf, section="fit")
+
+
+FIT_TABLE_COLUMNS = (("train_acc_clean", "clean-labelled: fit (%)"),
+                     ("train_acc_flipped_noisy", "flipped: noisy label (%)"),
+                     ("train_acc_flipped_true", "flipped: true label (%)"))
+
+
+def label_fit_frame(rows: pd.DataFrame, order: Sequence[str]) -> pd.DataFrame:
+    """Per cell (rows labelled by claims.label_cells): the seeds that logged the fits, each fit at the last epoch
+    and ESAM's flipped share among kept samples over all epochs (mean and std over seeds, fractions), and the
+    final test accuracy of those same runs."""
+    curves = label_fit_curves(rows)
+    if curves.empty:
+        return pd.DataFrame()
+    last = curves[curves["epoch"] == curves.groupby(["cell", "seed"])["epoch"].transform("max")]
+    columns = [c for c, _ in FIT_TABLE_COLUMNS]
+    per_seed = last.set_index(["cell", "seed"])[columns]
+    if ESAM_FLIPPED_SHARE in curves:
+        per_seed[ESAM_FLIPPED_SHARE] = curves.groupby(["cell", "seed"])[ESAM_FLIPPED_SHARE].mean()
+    acc = rows.set_index(["cell", "seed"])["final_test_acc"]
+    per_seed["final_test_acc"] = acc[~acc.index.duplicated()].reindex(per_seed.index)
+    stats = per_seed.groupby(level="cell").agg(["mean", "std"])
+    stats.columns = [f"{c}_{s}" for c, s in stats.columns]
+    stats.insert(0, "seeds", per_seed.groupby(level="cell").size())
+    cells = [c for c in order if c in stats.index] + sorted(set(stats.index) - set(order))
+    return stats.loc[cells].reset_index()
+
+
+def label_fit_table(rows: pd.DataFrame, grid: str, out: Path, order: Sequence[str]) -> TableFile | None:
+    """The numbers behind the label-fit figure: what each cell fits at the end, beside its test accuracy."""
+    frame = label_fit_frame(rows, order)
+    if frame.empty:
+        return None
+    shown = pd.DataFrame({"cell": frame["cell"], "seeds": frame["seeds"]})
+    for column, title in (*FIT_TABLE_COLUMNS, (ESAM_FLIPPED_SHARE, "ESAM: flipped share kept, mean over epochs (%)"),
+                          ("final_test_acc", "final test acc (%)")):
+        if f"{column}_mean" in frame:
+            shown[title] = [fmt_pm(100 * m, 100 * s, 1) for m, s in
+                            zip(frame[f"{column}_mean"], frame[f"{column}_std"], strict=True)]
+    note = ("Training accuracy of the last epoch (each batch's clean pass before its step; mean ± std over the "
+            "seeds that logged it); the flipped share of the training set is the share a choice blind to the labels "
+            "would keep.")
+    return write_table(out, f"label_fit_{slug(grid)}", f"What each method fits at the end ({Path(grid).name})",
+                       frame, shown, notes=[note], kind="fit")

@@ -316,11 +316,11 @@ def test_variants_and_half_epoch_controls_get_their_own_cells_and_claims() -> No
     rows["hp_beta"] = np.where(rows["method"] == "esam", 0.5, np.nan)
     extra = rows[rows["method"] == "esam"].iloc[:3].assign(hp_beta=1.0)  # an ablation on 3 seeds
     rows = label_cells(pd.concat([rows, extra]).drop(columns="cell"))
-    assert set(rows["cell"]) == {"sgd", "sam", "saf", "esam", "esam[beta=1.0]", "sgd_half", "sam_half", "saf_half"}
+    assert set(rows["cell"]) == {"sgd", "sam", "saf", "esam", "esam[beta=1]", "sgd_half", "sam_half", "saf_half"}
     table = claims_frame(claims_table(rows))
     assert _verdict(table, "sam_half − sgd_half accuracy") == REPRODUCED
     assert _verdict(table, "saf_half − sam_half accuracy") == REPRODUCED
-    assert table[table["measure"] == "esam[beta=1.0] − sam accuracy"]["n"].iloc[0] == 3
+    assert table[table["measure"] == "esam[beta=1] − sam accuracy"]["n"].iloc[0] == 3
 
 
 def test_runs_with_noise_drawn_per_seed_are_judged_as_their_own_folder() -> None:

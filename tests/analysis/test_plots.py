@@ -107,3 +107,36 @@ def test_a_variant_in_the_label_fit_figure_has_its_methods_colour_and_its_own_li
     assert esam.get_linestyle() == "-" and len({esam.get_linestyle(), data_only.get_linestyle(),
                                                 weight_only.get_linestyle()}) == 3
     assert lines["sgd_half"].get_color() == lines["sgd"].get_color() and lines["sgd_half"].get_linestyle() != "-"
+
+
+def test_the_label_fit_table_holds_each_cells_last_epoch_over_its_seeds(tmp_path) -> None:
+    """Two seeds of SGD and of an ESAM variant: the last epoch's fits, ESAM's share averaged over all epochs, and
+    the final test accuracy of the same runs, worked by hand; a seed without the fit columns is not counted."""
+    import pandas as pd
+
+    from analysis.report.fit_plots import label_fit_frame
+
+    rows = []
+    for cell, method, seed, clean, share, acc in (("sgd", "sgd", 0, (0.5, 0.9), None, 0.70),
+                                                  ("sgd", "sgd", 1, (0.6, 1.0), None, 0.72),
+                                                  ("esam[beta=1]", "esam", 0, (0.4, 0.8), (0.2, 0.4), 0.80),
+                                                  ("esam[beta=1]", "esam", 1, (0.4, 0.6), (0.3, 0.5), 0.84),
+                                                  ("sam", "sam", 0, None, None, 0.75)):
+        run = tmp_path / f"{cell}-{seed}"
+        run.mkdir()
+        if clean is not None:
+            frame = pd.DataFrame({"epoch": [0, 1], "train_acc_clean": clean, "train_acc_flipped_noisy": [0.1, 0.2],
+                                  "train_acc_flipped_true": [0.5, 0.4]})
+            if share is not None:
+                frame["esam_selected_flipped_share"] = share
+            frame.to_csv(run / "metrics.csv", index=False)
+        rows.append({"cell": cell, "method": method, "seed": seed, "run_path": str(run), "final_test_acc": acc,
+                     "label_noise_flipped": 25, "num_samples": 100})
+    frame = label_fit_frame(pd.DataFrame(rows), ["sgd", "sam", "esam"]).set_index("cell")
+    assert list(frame.index) == ["sgd", "esam[beta=1]"] and frame["seeds"].tolist() == [2, 2]
+    assert frame.loc["sgd", "train_acc_clean_mean"] == pytest.approx(0.95)
+    assert frame.loc["esam[beta=1]", "train_acc_clean_mean"] == pytest.approx(0.7)
+    assert frame.loc["esam[beta=1]", "train_acc_clean_std"] == pytest.approx(0.1414, abs=1e-4)
+    assert frame.loc["esam[beta=1]", "esam_selected_flipped_share_mean"] == pytest.approx(0.35)
+    assert frame.loc["esam[beta=1]", "final_test_acc_mean"] == pytest.approx(0.82)
+    assert frame.loc["sgd", "train_acc_flipped_true_mean"] == pytest.approx(0.4)
