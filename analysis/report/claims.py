@@ -276,7 +276,8 @@ def _control_claims(rows: pd.DataFrame, present: set[str], base: str, sam: str, 
                                          f"{sam_half} − {cell} accuracy", _diffs(rows, sam_half, cell, acc, 100),
                                          "points", 0.0, False, "above 0"))
         else:
-            out.append(_difference_claim(f"half:{cell}", f"(v) control: {cell.upper()} ≥ SAM at half the epochs",
+            name = _display(cell.removesuffix("_half"))
+            out.append(_difference_claim(f"half:{cell}", f"(v) control: {name} ≥ SAM, both at half the epochs",
                                          f"{cell} − {sam_half} accuracy", _diffs(rows, cell, sam_half, acc, 100),
                                          "points", -ACCURACY_MARGIN, False, f"≥ −{ACCURACY_MARGIN} (margin)"))
     for cell in sorted(c for c in present if "[" in c):

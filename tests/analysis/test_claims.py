@@ -320,6 +320,7 @@ def test_variants_and_half_epoch_controls_get_their_own_cells_and_claims() -> No
     table = claims_frame(claims_table(rows))
     assert _verdict(table, "sam_half − sgd_half accuracy") == REPRODUCED
     assert _verdict(table, "saf_half − sam_half accuracy") == REPRODUCED
+    assert "(v) control: SAF ≥ SAM, both at half the epochs" in set(table["claim"])
     assert table[table["measure"] == "esam[beta=1] − sam accuracy"]["n"].iloc[0] == 3
 
 
