@@ -247,7 +247,8 @@ def claims_table(rows: pd.DataFrame, *, base: str = "sgd", sam: str = "sam", saf
                                          f"{method} − {base} {name}", diffs, name, 0.0, True, "below 0"))
             # A share of SAM's reduction means something only where SAM's reduction is itself established.
             base_minus = _share_pairs(rows, method, base, sam, column)
-            out.append(_share_claim(f"flatness_share:{method}:{column}", f"{tag} {_display(method)} gets SAM's flatness",
+            out.append(_share_claim(f"flatness_share:{method}:{column}",
+                                    f"{tag} {_display(method)} gets SAM's flatness",
                                     f"({base} − {method})/({base} − {sam}) {name}",
                                     ([-x for x in base_minus[0]], [-x for x in base_minus[1]]),
                                     reference.interval, "below", "≥ 1 (needs SAM's reduction below 0)"))

@@ -14,33 +14,8 @@ from matplotlib.ticker import MaxNLocator
 
 from .figures import FigureFile, save_figure
 from .format import TableFile, fmt_pm, slug, write_table
-from .plots import colour
+from .plots import cell_styles
 from .run_files import ESAM_FLIPPED_SHARE, label_fit_curves
-
-# A cell is a method, or one of its variants ("esam[beta=1.0, gamma=0.5]", "sgd_half"): the method's colour,
-# and a line style per variant, so that a variant reads as its method's and differs from its siblings.
-VARIANT_STYLES = ("--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)), (0, (8, 2)))
-VARIANT_MARKERS = ("s", "^", "v", "D", "x", "P")
-
-
-def _method_of(cell: str) -> str:
-    return re.split(r"[\[_]", cell, maxsplit=1)[0]
-
-
-def _cell_styles(cells: Sequence[str]) -> dict[str, tuple[str, object, str]]:
-    """(colour, line style, marker) per cell: the method's colour; solid for the method, a style per variant."""
-    seen: dict[str, int] = {}
-    styles = {}
-    for cell in cells:
-        method = _method_of(cell)
-        if cell == method:
-            styles[cell] = (colour(method), "-", "o")
-            continue
-        k = seen.get(method, 0)
-        seen[method] = k + 1
-        styles[cell] = (colour(method), VARIANT_STYLES[k % len(VARIANT_STYLES)], VARIANT_MARKERS[k % len(VARIANT_MARKERS)])
-    return styles
-
 
 PANELS = (("train_acc_clean", "clean-labelled samples:\npredicted as their (true) label"),
           ("train_acc_flipped_noisy", "flipped samples:\npredicted as their noisy label (memorised)"),
@@ -54,7 +29,7 @@ def plot_label_fit(curves: pd.DataFrame, grid: str, order: Sequence[str]) -> Fig
     fig = Figure(figsize=(11.0, 8.0))
     axes = fig.subplots(2, 2).ravel()
     cells = [c for c in order if c in set(curves["cell"])] + sorted(set(curves["cell"]) - set(order))
-    styles = _cell_styles(cells)
+    styles = cell_styles(cells)
     for ax, (column, title) in zip(axes, PANELS + ((ESAM_FLIPPED_SHARE, ""),), strict=True):
         for cell in cells:
             part = curves[curves["cell"] == cell]

@@ -9,10 +9,10 @@ are in analysis.report.landscape_plots.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
@@ -41,6 +41,32 @@ PALETTE = ("#1f77b4", "#7f7f7f", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#2
 def colour(method: str) -> str:
     order = method_order()
     return PALETTE[min(order.index(method), len(PALETTE) - 2)] if method in order else PALETTE[-1]
+
+
+# A cell is a method, or one of its variants ("esam[beta=1.0, gamma=0.5]", "sgd_half"): the method's colour,
+# and a line style per variant, so that a variant reads as its method's and differs from its siblings.
+VARIANT_STYLES = ("--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)), (0, (8, 2)))
+VARIANT_MARKERS = ("s", "^", "v", "D", "x", "P")
+
+
+def method_of_cell(cell: str) -> str:
+    return re.split(r"[\[_]", cell, maxsplit=1)[0]
+
+
+def cell_styles(cells: Sequence[str]) -> dict[str, tuple[str, object, str]]:
+    """(colour, line style, marker) per cell: the method's colour; solid for the method, a style per variant."""
+    seen: dict[str, int] = {}
+    styles = {}
+    for cell in cells:
+        method = method_of_cell(cell)
+        if cell == method:
+            styles[cell] = (colour(method), "-", "o")
+            continue
+        k = seen.get(method, 0)
+        seen[method] = k + 1
+        styles[cell] = (colour(method), VARIANT_STYLES[k % len(VARIANT_STYLES)],
+                        VARIANT_MARKERS[k % len(VARIANT_MARKERS)])
+    return styles
 
 
 def _order_key(method: str, setting: str) -> tuple[int, str, str]:
@@ -268,16 +294,16 @@ def plot_sharpness(rows: pd.DataFrame, curves: pd.DataFrame, grid: str, order: S
     """SAM's one-step sharpness against epoch, one curve per cell: mean over seeds with a min-to-max band
     (the SAF paper's Figure 4b). `curves`: run_files.sharpness_curves of `rows` (claims-labelled rows,
     whose SAF and MESA hyperparameters mark the epoch their trajectory loss switches on)."""
-    fig = Figure(figsize=(7.5, 5.0))
+    fig = Figure(figsize=(9.0, 6.5))
     ax = fig.subplots()
-    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     cells = [c for c in order if c in set(curves["cell"])] + sorted(set(curves["cell"]) - set(order))
-    for i, cell in enumerate(cells):
+    styles = cell_styles(cells)  # a variant in its method's colour, with its own line style
+    for cell in cells:
         stats = curves[curves["cell"] == cell].groupby("epoch")["sharpness"].agg(["mean", "min", "max", "count"])
-        style = "--" if "_" in cell else "-"  # equal-compute baselines (sgd_2x, sam_half) dashed
-        ax.plot(stats.index + 1, stats["mean"], style, color=colors[i % len(colors)], marker="o", ms=3,
+        color, ls, marker = styles[cell]
+        ax.plot(stats.index + 1, stats["mean"], ls=ls, color=color, marker=marker, ms=3, lw=1.3,
                 label=f"{cell} ({int(stats['count'].max())} seeds)")
-        ax.fill_between(stats.index + 1, stats["min"], stats["max"], color=colors[i % len(colors)], alpha=0.15)
+        ax.fill_between(stats.index + 1, stats["min"], stats["max"], color=color, alpha=0.1)
     starts: dict[int, list[str]] = {}
     for method in (m for m in order if m in optimizers.methods()):  # the epoch each method's spec switches on
         part = rows[rows["cell"] == method]
@@ -286,7 +312,7 @@ def plot_sharpness(rows: pd.DataFrame, curves: pd.DataFrame, grid: str, order: S
         if len(part) and all(c in part for c in columns):
             start = int(spec.active_from({c.removeprefix("hp_"): part[c].iloc[0] for c in columns}))
             if start > 0:
-                starts.setdefault(start, []).append(method.upper())
+                starts.setdefault(start, []).append(spec.display)
     for start, names in starts.items():
         ax.axvline(start + 1, color="grey", lw=0.8, ls=":")
         ax.text(start + 1.1, ax.get_ylim()[1], f"{' & '.join(names)} on", va="top", fontsize=8, color="grey")
@@ -294,7 +320,9 @@ def plot_sharpness(rows: pd.DataFrame, curves: pd.DataFrame, grid: str, order: S
     ax.set_ylabel("L(w + ρ g/‖g‖) − L(w), ρ = 0.05")
     ax.set_yscale("log")
     ax.set_title(f"SAM sharpness per epoch: {Path(grid).name}\n(mean over seeds; band: min to max)", fontsize=10)
-    ax.legend(fontsize=8, ncol=5, loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
+    handles, labels = ax.get_legend_handles_labels()
+    rows_of_legend = -(-len(labels) // 4)
+    fig.legend(handles, labels, fontsize=8, ncol=4, loc="lower center", frameon=False)
+    fig.tight_layout(rect=(0, 0.035 * rows_of_legend + 0.01, 1, 1))
     return fig

@@ -140,3 +140,23 @@ def test_the_label_fit_table_holds_each_cells_last_epoch_over_its_seeds(tmp_path
     assert frame.loc["esam[beta=1]", "esam_selected_flipped_share_mean"] == pytest.approx(0.35)
     assert frame.loc["esam[beta=1]", "final_test_acc_mean"] == pytest.approx(0.82)
     assert frame.loc["sgd", "train_acc_flipped_true_mean"] == pytest.approx(0.4)
+
+
+def test_the_sharpness_figure_keeps_each_methods_colour_and_marks_when_saf_switches_on() -> None:
+    import pandas as pd
+
+    from analysis.report.plots import colour, plot_sharpness
+
+    cells = ("sgd", "saf", "saf_half", "saf[lam=0.1]")
+    curves = pd.DataFrame([{"cell": c, "seed": 0, "epoch": e, "sharpness": 0.1 + 0.01 * e}
+                           for c in cells for e in range(8)])
+    rows = pd.DataFrame([{"cell": "saf", "hp_lam": 0.3, "hp_tau": 5.0, "hp_e_tilde": 3, "hp_e_start": 5,
+                          "hp_store_dtype": "float32"}])
+    fig = plot_sharpness(rows, curves, "results/x", ["sgd", "sam", "saf"])
+    ax = fig.axes[0]
+    lines = {ln.get_label().split(" (")[0]: ln for ln in ax.get_lines()}
+    assert lines["saf"].get_color() == lines["saf_half"].get_color() == lines["saf[lam=0.1]"].get_color() \
+        == colour("saf") != lines["sgd"].get_color()
+    assert len({lines[c].get_linestyle() for c in cells[1:]}) == 3
+    assert any(t.get_text() == "SAF on" for t in ax.texts)
+    assert len(fig.legends[0].get_texts()) == len(cells)  # the legend lies inside the figure, below the axes
