@@ -12,8 +12,9 @@ Holm-adjusted one-sided p-value for the claim is at most ALPHA_ONE_SIDED, not re
 opposite is, inconclusive otherwise.
 Every other claim is exploratory: judged by its own unadjusted 95% interval (reproduced when it lies wholly
 on the claimed side of the threshold, not reproduced when wholly on the other side), and marked so.
-A reproduced accuracy claim whose mechanism, flatness, is refuted in the same folder (the method is not
-flatter than SGD by some measure) says "mechanism not supported"; under label noise it says so too.
+A reproduced accuracy claim whose mechanism, flatness, is refuted in the same folder (the method, or SAM whose
+gain it is measured against, is not flatter than SGD by some measure) says "mechanism not supported"; under
+label noise it says so too.
 """
 
 from __future__ import annotations
@@ -307,14 +308,16 @@ def judge_primary(claims: list[Claim]) -> list[Claim]:
 def qualify(claims: list[Claim], noisy: bool) -> list[Claim]:
     """A reproduced accuracy claim of a method (SAM's gain; at or above SAM; recovers SAM's gain) says where it
     holds (under label noise) and that its mechanism is refuted where that method is not flatter than SGD
-    by some measure of this folder."""
+    by some measure of this folder, or where SAM is not: a method measured against SAM's gain cannot owe its
+    result to SAM's flatness where SAM's own minima are not flatter than SGD's."""
     refuted = {c.key.split(":")[1] for c in claims if c.key.startswith("flatter:") and c.verdict == NOT_REPRODUCED}
     out = []
     for c in claims:
         kind, _, method = c.key.partition(":")
         method = "sam" if kind == "gain" else method
         if c.verdict == REPRODUCED and kind in ("gain", "acc_vs_sam", "recovers"):
-            text = REPRODUCED + (UNDER_NOISE if noisy else "") + (MECHANISM_FAILED if method in refuted else "")
+            failed = method in refuted or "sam" in refuted
+            text = REPRODUCED + (UNDER_NOISE if noisy else "") + (MECHANISM_FAILED if failed else "")
             c = replace(c, verdict=text)
         out.append(c)
     return out

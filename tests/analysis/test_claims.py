@@ -275,6 +275,23 @@ def test_the_verdict_names_label_noise_and_a_refuted_mechanism() -> None:
     assert _verdict(clean, "saf − sam accuracy") == REPRODUCED
 
 
+def test_a_flatter_method_ahead_of_a_sharper_sam_has_no_flatness_mechanism_either() -> None:
+    """ESAM is flatter than SGD, but SAM is sharper: SAM's gain is not from flatness, so neither is a method's
+    lead over it. With SAM's sharpness only inconclusive, ESAM's verdict stays untagged."""
+    sharp_sam = {"sgd": np.ones(5) + TINY, "sam": 1.5 + TINY, "esam": 0.2 + TINY}
+    table = claims_frame(claims_table(table_rows({"sgd": SGD, "sam": SAM, "esam": SAM + 1 + TINY}, sharp_sam,
+                                                 label_noise=0.25)))
+    assert _verdict(table, "sam − sgd final-epoch SAM sharpness") == NOT_REPRODUCED
+    assert _verdict(table, "esam − sgd final-epoch SAM sharpness") == REPRODUCED
+    assert _verdict(table, "esam − sam accuracy") == \
+        "reproduced under label noise; mechanism (flatness) not supported"
+    unsure_sam = dict(sharp_sam, sam=np.ones(5) + np.array([0.3, -0.3, 0.2, -0.2, 0.0]))
+    table = claims_frame(claims_table(table_rows({"sgd": SGD, "sam": SAM, "esam": SAM + 1 + TINY}, unsure_sam,
+                                                 label_noise=0.25)))
+    assert _verdict(table, "sam − sgd final-epoch SAM sharpness") == INCONCLUSIVE
+    assert _verdict(table, "esam − sam accuracy") == "reproduced under label noise"
+
+
 @pytest.mark.parametrize("share,low,high,expected", [(0.95, 0.93, 0.96, NOT_REPRODUCED),
                                                      (0.98, 0.971, 0.99, REPRODUCED),
                                                      (0.98, 0.96, 0.99, INCONCLUSIVE)])
