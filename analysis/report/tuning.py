@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from bench.records import SELECTED, TUNING
 from bench.tuning import readout_value
@@ -151,6 +152,7 @@ def plot_tuning(t: TunedFolder) -> Figure:
             positive = all(isinstance(v, float) and v > 0 for v in xm)
             if positive and key in ("lr", "weight_decay", "rho", "lam", "alpha"):
                 ax.set_xscale("log")
+                ax.xaxis.set_minor_formatter(NullFormatter())  # labelled minor ticks ran into each other
             ax.grid(alpha=0.3)
             if r == len(methods) - 1 or r + 1 < len(methods) and key not in means[means["method"] ==
                                                                                   methods[r + 1]]["setting"].iloc[0]:
