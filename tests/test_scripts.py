@@ -87,3 +87,10 @@ def test_fashionmnist_regime_questions_script_and_grid_extend_the_committed_grid
     committed = {c.run_dir.name for c in expand(load_grid(SCRIPTS.parent / "grids/fashionmnist-regime.yaml"))}
     questions = [c.run_dir.name for c in expand(load_grid(SCRIPTS.parent / parsed[0].file))]
     assert committed <= set(questions) and len(questions) == len(set(questions)) == len(committed) + 65
+
+
+def test_fashionmnist_regime_lambda_script() -> None:
+    parsed = parse_all("fashionmnist_regime_lambda.sh")
+    assert [p.command for p in parsed] == ["grid", "grid", "grid", "report"]
+    assert parsed[0].dry_run and parsed[0].estimate
+    assert {p.file for p in parsed[:3]} == {"grids/fashionmnist-regime-lambda.yaml"}

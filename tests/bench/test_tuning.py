@@ -260,3 +260,25 @@ def test_the_committed_choices_are_the_highest_mean_validation_accuracy() -> Non
 def test_parse_grid_keeps_the_tune_section() -> None:
     spec = parse_grid({"base": BASE, "grid": {"method": ["sgd"]}, "tune": TUNE}, where="g")
     assert spec.tune == TUNE and len(spec.cells()) == 1
+
+
+def test_the_lambda_course_grid_trains_the_tuned_folders_choices() -> None:
+    """grids/fashionmnist-regime-lambda.yaml copies selected.json's settings by hand: every cell trains what the
+    tuned folder's fresh-seed run of its method and seed trains (same keys as that grid's base, the choice's
+    values), adding only measurements."""
+    selected = json.loads((REPO / "results" / "fashionmnist-tuned" / SELECTED).read_text())
+    tuned = load_grid(REPO / "grids" / "fashionmnist-tuned.yaml")
+    course = load_grid(REPO / "grids" / "fashionmnist-regime-lambda.yaml")
+    measured = {"sharpness", "sharpness_samples", "hessian_samples", "hessian_epochs"}
+    tuned_cells = {c.config.method: c for c in tuned.cells()}
+    cells = course.cells()
+    assert sorted({c.config.method for c in cells}) == sorted(selected) and len(cells) == 3 * len(selected)
+    for cell in cells:
+        mine = {**cell.config.to_dict(), **cell.config.hparams()}
+        reference = tuned_cells[cell.config.method]
+        expected = {**reference.config.to_dict(), **reference.config.hparams(),
+                    **selected[cell.config.method]["setting"]}
+        differ = {k for k in set(mine) | set(expected) if k not in {"seed", "out", "method_seed"} | measured
+                  and mine.get(k) != expected.get(k)}
+        assert not differ, (cell.config.method, {k: (mine.get(k), expected.get(k)) for k in differ})
+        assert cell.config.hessian_epochs == [0, 4, 9, 14, 19] and cell.config.seed in (0, 1, 2)
