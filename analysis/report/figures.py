@@ -49,6 +49,7 @@ from .run_files import (
     landscape_files,
     sharpness_curves,
 )
+from .tuning import BOTH, DEFAULT, TUNED
 
 
 @dataclass
@@ -94,6 +95,9 @@ def _final_points(rows: pd.DataFrame) -> pd.DataFrame:
     return ok
 
 
+RUN_SETTING_NAMES = (TUNED, DEFAULT, BOTH)  # a tuned folder's runs (analysis.report.tuning.run_settings)
+
+
 def make_figures(rows: pd.DataFrame, cells: pd.DataFrame, folder: Path) -> list[FigureFile]:
     """Every figure the stored data allow, per results folder and dataset (and per model for landscapes)."""
     made: list[FigureFile] = []
@@ -111,7 +115,8 @@ def make_figures(rows: pd.DataFrame, cells: pd.DataFrame, folder: Path) -> list[
         key = f"{slug(d)}_{slug(folder_name)}" if apart else slug(d)
         name = dataset_name(d) + (f" ({folder_name})" if apart else "")
         r = rows[(rows["dataset"].astype(str) == d) & (rows["grid"].astype(str) == grid)]
-        r = r.assign(setting=setting_labels(r))  # what sets cells apart within this folder, not the dataset
+        # What sets cells apart within this folder, not the dataset; a tuned folder keeps its tuned/default names.
+        r = r.assign(setting=r["setting"].where(r["setting"].isin(RUN_SETTING_NAMES), setting_labels(r)))
         c = aggregate(r) if len(groups) > 1 else cells[cells["dataset"] == d]  # this folder's cells alone
         curves_all, hess_all, land_all, dens_all = epoch_curves(r), hessian_curves(r), landscape_files(r), \
             density_files(r)

@@ -126,14 +126,18 @@ def plot_cost(curves: pd.DataFrame, points: pd.DataFrame, title: str,
         left, right = axes[j, 0], axes[j, 1]
         c = curves[curves["model_key"] == model] if len(curves) else curves
         p = points[points["model_key"] == model] if len(points) else points
+        seen: dict[str, int] = {}
         for method, setting in series_of(pd.concat([c, p]) if len(c) or len(p) else c):
             label = series_label(method, setting)
+            nth = seen[method] = seen.get(method, -1) + 1  # a method's settings in its colour, a style each
+            style = "-" if nth == 0 else VARIANT_STYLES[(nth - 1) % len(VARIANT_STYLES)]
             s = c[(c["method_label"] == method) & (c["setting"] == setting)] if len(c) else c
             if len(s):
                 mean = s.groupby("epoch")[["train_time_cum", "test_acc"]].mean()
-                left.plot(mean["train_time_cum"], 100 * mean["test_acc"], marker="o", ms=3,
+                left.plot(mean["train_time_cum"], 100 * mean["test_acc"], marker="o", ms=3, ls=style,
                           color=colour(method), label=label)
-                mean_band(right, s.assign(epoch=s["epoch"] + 1), "test_acc", label, colour(method), scale=100.0)
+                mean_band(right, s.assign(epoch=s["epoch"] + 1), "test_acc", label, colour(method), scale=100.0,
+                          ls=style)
                 continue
             if len(p):
                 s = p[(p["method_label"] == method) & (p["setting"] == setting)]
@@ -155,12 +159,12 @@ def plot_cost(curves: pd.DataFrame, points: pd.DataFrame, title: str,
 
 
 def mean_band(ax: Axes, frame: pd.DataFrame, column: str, label: str, colour: str,
-               scale: float = 1.0) -> None:
+              scale: float = 1.0, ls: object = "-") -> None:
     stats = frame.groupby("epoch")[column].agg(["mean", "std", "count"])
     x = stats.index.to_numpy()
     mean = scale * stats["mean"].to_numpy(dtype=float)
     std = scale * stats["std"].fillna(0.0).to_numpy(dtype=float)
-    ax.plot(x, mean, marker="o", ms=3, color=colour, label=label)
+    ax.plot(x, mean, marker="o", ms=3, color=colour, label=label, ls=ls)
     if (stats["count"] > 1).any():
         ax.fill_between(x, mean - std, mean + std, color=colour, alpha=0.2, linewidth=0)
 

@@ -160,3 +160,17 @@ def test_the_sharpness_figure_keeps_each_methods_colour_and_marks_when_saf_switc
     assert len({lines[c].get_linestyle() for c in cells[1:]}) == 3
     assert any(t.get_text() == "SAF on" for t in ax.texts)
     assert len(fig.legends[0].get_texts()) == len(cells)  # the legend lies inside the figure, below the axes
+
+
+def test_the_cost_figure_draws_a_methods_second_setting_in_its_colour_with_another_style() -> None:
+    import pandas as pd
+
+    from analysis.report.plots import plot_cost
+
+    curves = pd.DataFrame([{"model_key": "m", "method_label": "sam", "setting": s, "seed": 0, "epoch": e,
+                            "train_time_cum": float(e + 1), "test_acc": 0.5} for s in ("default", "tuned")
+                           for e in range(3)])
+    left = plot_cost(curves, pd.DataFrame(), "t").axes[0]
+    lines = {ln.get_label(): ln for ln in left.get_lines()}
+    assert lines["sam [default]"].get_color() == lines["sam [tuned]"].get_color()
+    assert lines["sam [default]"].get_linestyle() != lines["sam [tuned]"].get_linestyle()
