@@ -136,14 +136,20 @@ def plan() -> list[tuple[str, int]]:
     return order
 
 
-def run() -> None:
-    """Resume with the base of the stored comparisons (commits.json) when there are some."""
-    stored = OUT / "commits.json"
+def _campaign_base(stored: Path, scratch: Path) -> str:
+    """The base commit of a campaign: the stored one when resuming, else a clean HEAD; its scratch worktree made."""
     base = json.loads(stored.read_text())["base"] if stored.exists() else git("rev-parse", "HEAD")
     if not stored.exists() and git("status", "--porcelain", "--untracked-files=no"):
         sys.exit("commit first: the comparisons name this checkout's HEAD as their base")
-    if not SCRATCH.exists():
-        git("worktree", "add", "-q", "--detach", str(SCRATCH), base)
+    if not scratch.exists():
+        git("worktree", "add", "-q", "--detach", str(scratch), base)
+    return base
+
+
+def run() -> None:
+    """Resume with the base of the stored comparisons (commits.json) when there are some."""
+    stored = OUT / "commits.json"
+    base = _campaign_base(stored, SCRATCH)
     width = widths()
     commits = {f"{k}-{round(100 * s)}": scratch_commit(base, k, s, width[s]) for k in ("saf", "all") for s in SIZES}
     commits["identical"] = base
@@ -211,11 +217,7 @@ def power(until: str, control: bool = False) -> None:
     import pandas as pd
 
     stored = OUT / "commits-B.json"
-    base = json.loads(stored.read_text())["base"] if stored.exists() else git("rev-parse", "HEAD")
-    if not stored.exists() and git("status", "--porcelain", "--untracked-files=no"):
-        sys.exit("commit first: the comparisons name this checkout's HEAD as their base")
-    if not POWER_SCRATCH.exists():
-        git("worktree", "add", "-q", "--detach", str(POWER_SCRATCH), base)
+    base = _campaign_base(stored, POWER_SCRATCH)
     width = widths()
     commits = {}
     for kind in ("saf", "all"):
